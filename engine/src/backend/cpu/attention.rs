@@ -1,0 +1,159 @@
+//! Paged attention on the CPU: each (row, head) task reads its sequence's keys and values page
+//! by page, so contexts that share prefix pages read the same memory.
+
+use super::pool::{SyncPtr, ThreadPool};
+use super::simd::{self, Isa};
+use crate::backend::SeqInput;
+use std::cell::RefCell;
+
+/// K/V storage for every page and layer, f32, laid out `[layer][page][kv_head][slot][head_dim]`
+/// so that one head's keys within a page are contiguous.
+pub struct KvStore {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub num_pages: usize,
+    pub page_size: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvStore {
+    pub fn new(
+        layers: usize,
+        num_pages: usize,
+        page_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let n = layers * num_pages * page_size * kv_heads * head_dim;
+        KvStore {
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            num_pages,
+            page_size,
+            kv_heads,
+            head_dim,
+        }
+    }
+
+    fn page_stride(&self) -> usize {
+        self.page_size * self.kv_heads * self.head_dim
+    }
+
+    /// Offset of (layer, page, kv head, slot-in-page).
+    #[inline]
+    pub fn offset(&self, layer: usize, page: usize, head: usize, off: usize) -> usize {
+        ((layer * self.num_pages + page) * self.kv_heads + head) * self.page_size * self.head_dim
+            + off * self.head_dim
+    }
+
+    pub fn copy_page(&mut self, layers: usize, src: usize, dst: usize) {
+        let ps = self.page_stride();
+        for l in 0..layers {
+            let s = (l * self.num_pages + src) * ps;
+            let d = (l * self.num_pages + dst) * ps;
+            self.k.copy_within(s..s + ps, d);
+            self.v.copy_within(s..s + ps, d);
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<(Vec<f32>, Vec<bool>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Writes the rows' K and V (`qkv` rows hold q | k | v) into their slots for `layer`.
+pub fn write_kv(kv: &mut KvStore, layer: usize, seqs: &[SeqInput], qkv: &[f32], q_dim: usize) {
+    let (hd, kvh, ps) = (kv.head_dim, kv.kv_heads, kv.page_size);
+    let kv_dim = kvh * hd;
+    let row_w = q_dim + 2 * kv_dim;
+    for s in seqs {
+        for i in 0..s.len {
+            let slot = s.kv_len + i;
+            let page = s.kv_pages[slot / ps] as usize;
+            let row = &qkv[(s.start + i) * row_w..(s.start + i + 1) * row_w];
+            for h in 0..kvh {
+                let o = kv.offset(layer, page, h, slot % ps);
+                kv.k[o..o + hd].copy_from_slice(&row[q_dim + h * hd..q_dim + (h + 1) * hd]);
+                kv.v[o..o + hd]
+                    .copy_from_slice(&row[q_dim + kv_dim + h * hd..q_dim + kv_dim + (h + 1) * hd]);
+            }
+        }
+    }
+}
+
+/// `out[row, head*hd..]` = softmax(q·Kᵀ/√d + mask) · V for every row and head.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    pool: &ThreadPool,
+    isa: Isa,
+    kv: &KvStore,
+    layer: usize,
+    seqs: &[SeqInput],
+    row_seq: &[u32],
+    qkv: &[f32],
+    n_heads: usize,
+    out: &mut [f32],
+) {
+    let (hd, kvh, ps) = (kv.head_dim, kv.kv_heads, kv.page_size);
+    let q_dim = n_heads * hd;
+    let row_w = q_dim + 2 * kvh * hd;
+    let group = n_heads / kvh;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let rows = row_seq.len();
+    let outp = SyncPtr(out.as_mut_ptr());
+    pool.run(rows * n_heads, &|task| {
+        let outp = outp;
+        let (r, h) = (task / n_heads, task % n_heads);
+        let s = &seqs[row_seq[r] as usize];
+        let i = r - s.start;
+        let ctx = s.kv_len + i + 1;
+        let q = &qkv[r * row_w + h * hd..r * row_w + (h + 1) * hd];
+        let g = h / group;
+        // SAFETY: each task owns out[r, h*hd..(h+1)*hd].
+        let o = unsafe { std::slice::from_raw_parts_mut(outp.0.add(r * q_dim + h * hd), hd) };
+        SCRATCH.with(|sc| {
+            let (scores, allowed) = &mut *sc.borrow_mut();
+            scores.clear();
+            scores.resize(ctx, f32::NEG_INFINITY);
+            let masked = if let Some(m) = &s.mask {
+                allowed.clear();
+                allowed.resize(ctx, true);
+                m[s.mask_row0 + i].decode_into(allowed, true);
+                true
+            } else {
+                false
+            };
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..ctx {
+                if masked && !allowed[j] {
+                    continue;
+                }
+                let page = s.kv_pages[j / ps] as usize;
+                let off = kv.offset(layer, page, g, j % ps);
+                let sc = simd::dot(isa, q, &kv.k[off..off + hd]) * scale;
+                scores[j] = sc;
+                max = max.max(sc);
+            }
+            o.fill(0.0);
+            if max == f32::NEG_INFINITY {
+                // Every slot masked: the output is zero rather than NaN.
+                return;
+            }
+            let mut sum = 0.0;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                sum += *sc;
+            }
+            let inv = 1.0 / sum;
+            for (j, &p) in scores.iter().enumerate() {
+                if p == 0.0 {
+                    continue;
+                }
+                let page = s.kv_pages[j / ps] as usize;
+                let off = kv.offset(layer, page, g, j % ps);
+                simd::axpy(isa, p * inv, &kv.v[off..off + hd], o);
+            }
+        });
+    });
+}

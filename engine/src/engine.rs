@@ -1,0 +1,220 @@
+//! `Engine`: the handle the daemon holds. It owns the scheduler thread (which owns the
+//! backend), the KV page pool, the tokenizer and the chat template.
+
+use crate::backend::Backend;
+use crate::backend::cpu::{CpuBackend, CpuOptions};
+use crate::chat_template::ChatTemplate;
+use crate::completion::{Completion, completion};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::kv::{KvContext, KvPool, OnExhausted};
+use crate::sampling::{SampleOutput, Sampler};
+use crate::scheduler::{self, EngineStats, ForwardOutput, ForwardRequest, Pending, StatsSnapshot};
+use crate::tokenizer::Tokenizer;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// CPU threads for the forward pass (0 = all cores).
+    pub threads: usize,
+    /// KV pages in the pool (0 = as many as fit in `kv_memory_bytes`).
+    pub kv_pages: usize,
+    pub kv_memory_bytes: usize,
+    /// Tokens per KV page.
+    pub page_size: usize,
+    pub on_exhausted: OnExhausted,
+    /// Most tokens in one batch (prefill chunks are cut to fit).
+    pub max_batch_tokens: usize,
+    /// GEMM activation precision on the CPU backend.
+    pub act_precision: crate::backend::cpu::ActPrecision,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            threads: 0,
+            kv_pages: 0,
+            kv_memory_bytes: 1 << 30,
+            page_size: 32,
+            on_exhausted: OnExhausted::Fail,
+            max_batch_tokens: 512,
+            act_precision: crate::backend::cpu::ActPrecision::F32,
+        }
+    }
+}
+
+pub struct Engine {
+    tx: Option<Sender<Pending>>,
+    thread: Option<JoinHandle<()>>,
+    pool: Arc<KvPool>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    template: Option<Arc<ChatTemplate>>,
+    config: ModelConfig,
+    stats: Arc<EngineStats>,
+    backend_name: String,
+}
+
+impl Engine {
+    /// Loads a Hugging Face model directory onto the CPU backend and starts the engine thread.
+    pub fn load(dir: &Path, opts: &EngineOptions) -> Result<Engine> {
+        let config = ModelConfig::from_dir(dir)?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        let template = ChatTemplate::from_dir(dir)?;
+        let kv_pages = if opts.kv_pages > 0 {
+            opts.kv_pages
+        } else {
+            let per_page = 2 * 4 * config.num_layers * config.kv_dim() * opts.page_size.max(1);
+            (opts.kv_memory_bytes / per_page).max(1)
+        };
+        let cpu = CpuBackend::load(
+            dir,
+            &CpuOptions {
+                threads: opts.threads,
+                num_pages: kv_pages,
+                page_size: opts.page_size,
+                act_precision: opts.act_precision,
+            },
+        )?;
+        Ok(Engine::with_backend(
+            Box::new(cpu),
+            Some(tokenizer),
+            template,
+            opts,
+        ))
+    }
+
+    /// Starts an engine over any backend (the CUDA backend, or a test double).
+    pub fn with_backend(
+        backend: Box<dyn Backend>,
+        tokenizer: Option<Tokenizer>,
+        template: Option<ChatTemplate>,
+        opts: &EngineOptions,
+    ) -> Engine {
+        let (num_pages, page_size) = backend.kv_geometry();
+        let config = backend.config().clone();
+        let backend_name = backend.name();
+        let pool = Arc::new(KvPool::new(num_pages, page_size, opts.on_exhausted));
+        let stats = Arc::new(EngineStats::default());
+        let (tx, rx) = channel();
+        let st = stats.clone();
+        let max_tokens = opts.max_batch_tokens.max(1);
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || scheduler::run(backend, rx, max_tokens, st))
+            .expect("spawn engine thread");
+        Engine {
+            tx: Some(tx),
+            thread: Some(thread),
+            pool,
+            tokenizer: tokenizer.map(Arc::new),
+            template: template.map(Arc::new),
+            config,
+            stats,
+            backend_name,
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn backend_name(&self) -> &str {
+        &self.backend_name
+    }
+
+    pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref()
+    }
+
+    pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
+        self.template.as_ref()
+    }
+
+    pub fn kv_pool(&self) -> &Arc<KvPool> {
+        &self.pool
+    }
+
+    /// An empty sequence context on this engine's pool.
+    pub fn new_context(&self) -> KvContext {
+        KvContext::new(self.pool.clone())
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Queues a forward pass. Invalid requests fail here; the completion yields the outputs
+    /// once the batch that finishes the request has run.
+    pub fn submit(&self, req: ForwardRequest) -> Result<Completion<Result<ForwardOutput>>> {
+        req.validate(
+            self.pool.num_pages(),
+            self.pool.page_size(),
+            self.config.vocab_size,
+        )?;
+        let (done, c) = completion();
+        self.tx
+            .as_ref()
+            .ok_or(Error::Shutdown)?
+            .send(Pending { req, done })
+            .map_err(|_| Error::Shutdown)?;
+        Ok(c)
+    }
+
+    /// `submit` and wait.
+    pub fn forward(&self, req: ForwardRequest) -> Result<ForwardOutput> {
+        self.submit(req)?.wait()
+    }
+
+    /// Appends `tokens` to `ctx` and runs them; returns the outputs of `outputs` (indices into
+    /// `tokens`). The context is updated only on success.
+    pub fn step(
+        &self,
+        caller: u64,
+        ctx: &mut KvContext,
+        tokens: &[u32],
+        outputs: Vec<(usize, Sampler)>,
+    ) -> Result<Vec<SampleOutput>> {
+        let plan = ctx.plan(tokens.len())?;
+        let first = ctx.next_position();
+        let mut req = ForwardRequest::new(caller, tokens.to_vec(), first, plan);
+        for (i, s) in outputs {
+            req = req.output(i, s);
+        }
+        let positions = req.positions.clone();
+        let out = self.forward(req)?;
+        ctx.commit(tokens, &positions);
+        Ok(out.outputs)
+    }
+
+    /// Greedy generation of `n` tokens after `prompt` in a fresh context (stops early at none
+    /// of the EOS ids: callers decide). Convenience for tests and benchmarks.
+    pub fn generate_greedy(&self, caller: u64, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+        let mut ctx = self.new_context();
+        let mut out = Vec::with_capacity(n);
+        let mut next = prompt.to_vec();
+        for _ in 0..n {
+            let last = next.len() - 1;
+            let r = self.step(caller, &mut ctx, &next, vec![(last, Sampler::Greedy)])?;
+            let SampleOutput::Token(t) = r[0] else {
+                unreachable!("greedy yields a token")
+            };
+            out.push(t);
+            next = vec![t];
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Closing the channel ends the engine thread after it drains its queue.
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Helpers shared by the integration tests: the SmolLM2 model directory and golden file.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+pub const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/golden/smollm2-135m.json"
+);
+
+/// `$PIE_TEST_MODEL_DIR`, or `<workspace>/state/models/smollm2-135m`. Panics with a message
+/// naming the script that creates it when missing.
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("PIE_TEST_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../state/models/smollm2-135m"
+            ))
+        });
+    assert!(
+        dir.join("config.json").exists() && dir.join("tokenizer.json").exists(),
+        "test model missing at {}: run scripts/fetch-model (or set PIE_TEST_MODEL_DIR)",
+        dir.display()
+    );
+    dir
+}
+
+pub struct Case {
+    pub name: String,
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+    pub top5_ids: Vec<u32>,
+    pub top5_logits: Vec<f32>,
+}
+
+pub fn golden_cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(GOLDEN).unwrap_or_else(|e| panic!("{GOLDEN}: {e}"));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let m = &v["models"]["smollm2-135m-instruct-bf16"];
+    let ids = |x: &serde_json::Value| {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>()
+    };
+    ["story", "fox", "chat_capital"]
+        .iter()
+        .map(|&name| {
+            let c = &m[name];
+            Case {
+                name: name.into(),
+                prompt: c["prompt"].as_str().unwrap().into(),
+                prompt_ids: ids(&c["prompt_ids"]),
+                greedy_ids: ids(&c["greedy_ids"]),
+                top5_ids: ids(&c["last_pos_top5_ids"]),
+                top5_logits: c["last_pos_top5_logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect(),
+            }
+        })
+        .collect()
+}

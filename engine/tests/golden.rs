@@ -1,0 +1,130 @@
+//! SmolLM2-135M-Instruct against outputs of an independent implementation (HF transformers,
+//! f32): tokenizer ids, chat template, greedy continuations and top-5 logits at the last
+//! prompt position, run as a batch of different prompts and through chunked prefill.
+
+mod common;
+
+use common::{Case, golden_cases, model_dir};
+use engine::{Engine, EngineOptions, ForwardRequest, KvContext, Message, SampleOutput, Sampler};
+
+/// Runs all cases in lockstep: every prefill submitted before waiting, then every decode step.
+/// Returns, per case, the greedy ids and the last-prompt-position logits.
+fn run_lockstep(engine: &Engine, cases: &[Case]) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let mut ctxs: Vec<KvContext> = cases.iter().map(|_| engine.new_context()).collect();
+    let mut pending: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt_ids.clone()).collect();
+    let mut out: Vec<(Vec<u32>, Vec<f32>)> =
+        cases.iter().map(|_| (Vec::new(), Vec::new())).collect();
+    for step in 0..32 {
+        let mut waits = Vec::new();
+        for (i, c) in cases.iter().enumerate() {
+            if step >= c.greedy_ids.len() {
+                waits.push(None);
+                continue;
+            }
+            let toks = pending[i].clone();
+            let plan = ctxs[i].plan(toks.len()).unwrap();
+            let mut req =
+                ForwardRequest::new(i as u64, toks.clone(), ctxs[i].next_position(), plan)
+                    .output(toks.len() - 1, Sampler::Greedy);
+            if step == 0 {
+                req = req.output(toks.len() - 1, Sampler::RawLogits);
+            }
+            let pos = req.positions.clone();
+            waits.push(Some((engine.submit(req).unwrap(), toks, pos)));
+        }
+        for (i, w) in waits.into_iter().enumerate() {
+            let Some((c, toks, pos)) = w else { continue };
+            let r = c.wait().unwrap();
+            ctxs[i].commit(&toks, &pos);
+            let SampleOutput::Token(t) = r.outputs[0] else {
+                panic!("not a token")
+            };
+            if let Some(SampleOutput::Logits(l)) = r.outputs.get(1) {
+                out[i].1 = l.clone();
+            }
+            out[i].0.push(t);
+            pending[i] = vec![t];
+        }
+    }
+    out
+}
+
+fn check(cases: &[Case], got: &[(Vec<u32>, Vec<f32>)], what: &str) {
+    for (c, (ids, logits)) in cases.iter().zip(got) {
+        if c.name != "chat_capital" {
+            // The chat case's top two logits are 0.1 apart: not a stable greedy check.
+            assert_eq!(ids, &c.greedy_ids, "{what}: greedy ids of `{}`", c.name);
+        }
+        for (&id, &want) in c.top5_ids.iter().zip(&c.top5_logits) {
+            let g = logits[id as usize];
+            assert!(
+                (g - want).abs() < 0.05,
+                "{what}: `{}` logit of token {id}: {g} vs golden {want}",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
+fn tokenizer_and_chat_template_match_golden() {
+    let dir = model_dir();
+    let tok = engine::Tokenizer::from_dir(&dir).unwrap();
+    for c in golden_cases() {
+        assert_eq!(
+            tok.encode(&c.prompt, false).unwrap(),
+            c.prompt_ids,
+            "ids of `{}`",
+            c.name
+        );
+        assert_eq!(tok.decode(&c.prompt_ids, false).unwrap(), c.prompt);
+    }
+    let t = engine::ChatTemplate::from_dir(&dir)
+        .unwrap()
+        .expect("SmolLM2 has a chat template");
+    let rendered = t
+        .render(
+            &[Message::new("user", "What is the capital of France?")],
+            true,
+            None,
+        )
+        .unwrap();
+    let chat = golden_cases()
+        .into_iter()
+        .find(|c| c.name == "chat_capital")
+        .unwrap();
+    assert_eq!(rendered, chat.prompt);
+}
+
+#[test]
+fn greedy_matches_golden_batched_and_chunked() {
+    let dir = model_dir();
+    let cases = golden_cases();
+    let engine = Engine::load(
+        &dir,
+        &EngineOptions {
+            kv_pages: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let got = run_lockstep(&engine, &cases);
+    check(&cases, &got, "batched");
+    let s = engine.stats();
+    assert!(s.mean_batch_size > 1.2, "requests were not batched: {s:?}");
+    drop(engine);
+
+    // Chunked prefill: at most 5 tokens per batch, so every prompt but `fox` is split.
+    let engine = Engine::load(
+        &dir,
+        &EngineOptions {
+            kv_pages: 64,
+            page_size: 4,
+            max_batch_tokens: 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let got = run_lockstep(&engine, &cases);
+    check(&cases, &got, "chunked");
+}
