@@ -18,11 +18,7 @@ fn main() -> anyhow::Result<()> {
     let mut last = 0;
     let entry = store
         .import_with(Path::new(src), name, &ImportOptions { dtype }, &mut |p| {
-            let pct = if p.total == 0 {
-                100
-            } else {
-                p.done * 100 / p.total
-            };
+            let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
             if pct / 10 != last / 10 || p.done == p.total {
                 eprint!("\r{} {pct:3}%", p.stage);
                 let _ = std::io::stderr().flush();

@@ -151,13 +151,13 @@ fn parse_config(c: &Value) -> Result<(String, LlamaShape, u64)> {
     let hidden = uint("hidden_size")?;
     let heads = uint("num_attention_heads")?;
     let kv_heads = c["num_key_value_heads"].as_u64().unwrap_or(heads);
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         bail!("{heads} attention heads cannot share {kv_heads} key/value heads");
     }
     // head_dim may be absent or null; then it is hidden / heads.
     let head_dim = match c["head_dim"].as_u64() {
         Some(d) => d,
-        None if hidden % heads == 0 => hidden / heads,
+        None if hidden.is_multiple_of(heads) => hidden / heads,
         None => bail!("hidden_size {hidden} is not a multiple of {heads} heads"),
     };
     let flag = |k: &str| c[k].as_bool().unwrap_or(false);

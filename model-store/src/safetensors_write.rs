@@ -47,7 +47,7 @@ pub fn write(
         offset = end;
     }
     header.push_str("\"__metadata__\":{\"format\":\"pt\"}}");
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
 

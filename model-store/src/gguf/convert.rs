@@ -58,12 +58,12 @@ pub(crate) fn convert(
     let hidden = g.req_u64(&key("embedding_length"))?;
     let heads = g.req_u64(&key("attention.head_count"))?;
     let kv_heads = g.opt_u64(&key("attention.head_count_kv"))?.unwrap_or(heads);
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         bail!("{file}: {heads} attention heads cannot share {kv_heads} key/value heads");
     }
     let head_dim = match g.opt_u64(&key("attention.key_length"))? {
         Some(d) => d,
-        None if hidden % heads == 0 => hidden / heads,
+        None if hidden.is_multiple_of(heads) => hidden / heads,
         None => bail!("{file}: hidden size {hidden} is not a multiple of {heads} heads"),
     };
     let eps = g
@@ -106,7 +106,7 @@ pub(crate) fn convert(
         };
         if let Some(n) = unpermute {
             let rows: u64 = t.dims[1..].iter().product();
-            if t.dims.len() != 2 || rows % (2 * n) != 0 {
+            if t.dims.len() != 2 || !rows.is_multiple_of(2 * n) {
                 bail!(
                     "{file}: tensor `{}` {:?} cannot be split into {n} heads",
                     t.name,

@@ -129,7 +129,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<()> {
     let (block, block_bytes) = ty.block();
     let (block, block_bytes) = (block as usize, block_bytes as usize);
-    if src.len() % block_bytes != 0 || src.len() / block_bytes * block != out.len() {
+    if !src.len().is_multiple_of(block_bytes) || src.len() / block_bytes * block != out.len() {
         bail!(
             "{}: {} bytes do not hold {} elements",
             ty.name(),

@@ -237,7 +237,7 @@ impl GgufFile {
                 .try_fold(1u64, |a, &d| a.checked_mul(d))
                 .with_context(|| format!("tensor `{name}`: element count overflows ({dims:?})"))?;
             let (block, block_bytes) = ty.block();
-            if dims[0] % block != 0 {
+            if !dims[0].is_multiple_of(block) {
                 bail!(
                     "tensor `{name}`: row length {} is not a multiple of the {} block size {block}",
                     dims[0],
@@ -247,7 +247,7 @@ impl GgufFile {
             let len = (n_elements / block)
                 .checked_mul(block_bytes)
                 .with_context(|| format!("tensor `{name}`: byte size overflows"))?;
-            if offset % alignment != 0 {
+            if !offset.is_multiple_of(alignment) {
                 bail!("tensor `{name}`: offset {offset} is not aligned to {alignment}");
             }
             let start = data_start

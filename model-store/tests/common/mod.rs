@@ -275,6 +275,9 @@ pub struct Tiny {
     pub tokens: Vec<String>,
 }
 
+/// (GGUF kind, HF module, ggml type, ggml dims, heads to unpermute by)
+type LayerTensor = (&'static str, &'static str, u32, Vec<u64>, Option<u64>);
+
 /// A 2-layer Llama using every supported block type. `untied` adds an `output.weight`.
 pub fn tiny_llama(untied: bool) -> Tiny {
     let (tokens, merges) = tiny_vocab();
@@ -364,7 +367,7 @@ pub fn tiny_llama(untied: bool) -> Tiny {
     let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
     for l in 0..LAYERS {
         let v_ty = if l == 0 { F16 } else { BF16 };
-        let layer: [(&str, &str, u32, Vec<u64>, Option<u64>); 9] = [
+        let layer: [LayerTensor; 9] = [
             ("attn_norm", "input_layernorm", F32, vec![HIDDEN], None),
             (
                 "ffn_norm",
