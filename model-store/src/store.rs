@@ -99,9 +99,33 @@ impl ModelStore {
     pub fn open(models_dir: &Path) -> Result<Self> {
         fs::create_dir_all(models_dir)
             .with_context(|| format!("create model store {}", models_dir.display()))?;
-        Ok(ModelStore {
+        let store = ModelStore {
             root: models_dir.to_path_buf(),
-        })
+        };
+        store.remove_stale_temp_dirs();
+        Ok(store)
+    }
+
+    /// Delete `.import-*` / `.remove-*` directories left by a process that died mid-way (their
+    /// name carries its pid). Directories of live processes are in use and left alone; a pid
+    /// reused since only delays the cleanup to a later open.
+    fn remove_stale_temp_dirs(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !(name.starts_with(".import-") || name.starts_with(".remove-")) {
+                continue;
+            }
+            // .import-<name>-<pid>-<counter>-<nanos>: the pid is third from the end
+            let pid = name.rsplit('-').nth(2).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if pid.is_some() && !alive {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -238,9 +262,13 @@ impl ModelStore {
     }
 
     /// Delete the entry called `name`. It disappears from `list` at once (renamed away)
-    /// even if deleting its files takes a while.
+    /// even if deleting its files takes a while. A directory without a manifest (put there by
+    /// hand, or damaged) can be removed too, since it blocks importing under its name.
     pub fn remove(&self, name: &str) -> Result<()> {
-        self.get(name)?;
+        validate_name(name)?;
+        if !self.root.join(name).is_dir() {
+            self.get(name)?; // the "no model named" error, with the list of names
+        }
         let doomed = self
             .root
             .join(format!(".remove-{name}-{}", unique_suffix()));

@@ -525,3 +525,29 @@ fn names_are_validated() {
             .contains("no model named `m`")
     );
 }
+
+#[test]
+fn stale_temp_dirs_and_manifestless_dirs() {
+    let tmp = TempDir::new("stale");
+    let root = tmp.path().join("models");
+    fs::create_dir_all(root.join(".import-x-999999999-0-1/sub")).unwrap();
+    fs::create_dir_all(root.join(format!(".import-y-{}-0-1", std::process::id()))).unwrap();
+    fs::create_dir_all(root.join("by-hand")).unwrap();
+    let store = ModelStore::open(&root).unwrap();
+    // the dead process's temp dir is gone, the live one's stays (it may be importing)
+    assert_eq!(
+        dir_names(&root),
+        [
+            format!(".import-y-{}-0-1", std::process::id()),
+            "by-hand".to_string()
+        ]
+    );
+    assert_eq!(store.list().unwrap(), vec![]);
+    let src = tmp.path().join("tiny.gguf");
+    tiny_llama(false).gguf.write(&src);
+    let e = store.import(&src, "by-hand", &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    store.remove("by-hand").unwrap();
+    store.import(&src, "by-hand", &mut |_| {}).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+}
