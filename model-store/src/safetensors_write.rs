@@ -71,11 +71,9 @@ pub fn write(
             );
         }
     }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    // The store renames the import into place afterwards; make sure the data is on disk first
-    // so that a crash cannot leave a complete-looking entry with a hole in its weights.
-    file.sync_all()
-        .with_context(|| format!("sync {}", path.display()))?;
+    // Durability is the store's job: it syncs the whole entry before publishing it.
+    out.flush()
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }
 

@@ -80,6 +80,18 @@ fn unique_suffix() -> String {
     )
 }
 
+/// fsync every file in `dir` and `dir` itself (for hard-linked HF files this also flushes the
+/// source, which is harmless).
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            fs::File::open(e.path())?.sync_all()?;
+        }
+    }
+    fs::File::open(dir)?.sync_all()
+}
+
 fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for e in fs::read_dir(dir)? {
@@ -209,6 +221,9 @@ impl ModelStore {
         let manifest = tmp.path.join(MANIFEST);
         fs::write(&manifest, serde_json::to_string_pretty(&entry)? + "\n")
             .with_context(|| format!("write {}", manifest.display()))?;
+        // Everything durable before the rename publishes it: after a crash the entry is either
+        // absent or complete, never a manifest next to unwritten data.
+        sync_tree(&tmp.path).with_context(|| format!("sync {}", tmp.path.display()))?;
 
         // rename(2) fails if another import published the same name meanwhile (a non-empty
         // directory), so two concurrent imports cannot interleave their files.
@@ -221,6 +236,9 @@ impl ModelStore {
         })?;
         let mut tmp = tmp;
         tmp.armed = false;
+        // Persist the rename itself. Best effort: the entry is published already, and failing
+        // the import now would report an error for a model that is in fact there.
+        let _ = fs::File::open(&self.root).and_then(|d| d.sync_all());
         Ok(entry)
     }
 
