@@ -311,7 +311,7 @@ impl KvContext {
         let len = self.tokens.len();
         let need = (len + n).div_ceil(ps);
         let extra = need.saturating_sub(self.pages.len());
-        let partial = len % ps != 0 && n > 0;
+        let partial = !len.is_multiple_of(ps) && n > 0;
         let cow = partial && self.pool.refcount(self.pages[len / ps]) > 1;
         let mut fresh = self.pool.alloc(extra + cow as usize)?;
         let mut copies = Vec::new();

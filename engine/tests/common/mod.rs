@@ -1,5 +1,8 @@
-//! Helpers shared by the integration tests: the SmolLM2 model directory and golden file.
+//! Helpers shared by the integration tests: the SmolLM2 model directory, the golden file, and
+//! the tiny random model (`tiny`).
 #![allow(dead_code)]
+
+pub mod tiny;
 
 use std::path::PathBuf;
 

@@ -103,7 +103,6 @@ pub fn attention(
     let rows = row_seq.len();
     let outp = SyncPtr(out.as_mut_ptr());
     pool.run(rows * n_heads, &|task| {
-        let outp = outp;
         let (r, h) = (task / n_heads, task % n_heads);
         let s = &seqs[row_seq[r] as usize];
         let i = r - s.start;
@@ -111,7 +110,7 @@ pub fn attention(
         let q = &qkv[r * row_w + h * hd..r * row_w + (h + 1) * hd];
         let g = h / group;
         // SAFETY: each task owns out[r, h*hd..(h+1)*hd].
-        let o = unsafe { std::slice::from_raw_parts_mut(outp.0.add(r * q_dim + h * hd), hd) };
+        let o = unsafe { std::slice::from_raw_parts_mut(outp.ptr().add(r * q_dim + h * hd), hd) };
         SCRATCH.with(|sc| {
             let (scores, allowed) = &mut *sc.borrow_mut();
             scores.clear();

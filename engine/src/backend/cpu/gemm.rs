@@ -9,6 +9,9 @@
 //! on M or on the tiling, so a row's result is the same whether it is computed alone or in a
 //! batch.
 
+// Kernels take the operands, strides and tile position explicitly.
+#![allow(clippy::too_many_arguments)]
+
 use super::pool::{SyncPtr, ThreadPool};
 use super::simd::Isa;
 use crate::weights::{bf16_to_f32, f32_to_bf16};
@@ -131,15 +134,14 @@ pub fn matmul(
     let n_tasks = units.div_ceil(per);
     let outp = SyncPtr(out.as_mut_ptr());
     pool.run(n_tasks, &|t| {
-        let outp = outp;
         let b0 = t * per * 2;
         let b1 = ((t + 1) * per * 2).min(w.nb);
         // SAFETY: tasks write disjoint column ranges [b0*16, b1*16) of `out`.
         unsafe {
             if f32_mode {
-                run_blocks_f32(isa, af, m, w, b0, b1, outp.0, accumulate)
+                run_blocks_f32(isa, af, m, w, b0, b1, outp.ptr(), accumulate)
             } else {
-                run_blocks(isa, ap, m, w, b0, b1, outp.0, accumulate)
+                run_blocks(isa, ap, m, w, b0, b1, outp.ptr(), accumulate)
             }
         };
     });
@@ -426,7 +428,136 @@ mod x86 {
         }
     }
 
-    /// AVX2 with f32 activations: same as `tile_avx2` but broadcasting f32 values.
+    /// Splits 16 lanes × 2 bf16 (one 64-byte chunk) into even/odd f32 halves:
+    /// returns (even lanes 0-7, odd lanes 0-7, even lanes 8-15, odd lanes 8-15).
+    #[inline(always)]
+    unsafe fn widen_avx2(c: *const Chunk) -> [__m256; 4] {
+        unsafe {
+            let hi_mask = _mm256_set1_epi32(0xffff_0000u32 as i32);
+            let base = c as *const __m256i;
+            let h0 = _mm256_load_si256(base);
+            let h1 = _mm256_load_si256(base.add(1));
+            [
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h0)),
+                _mm256_castsi256_ps(_mm256_and_si256(h0, hi_mask)),
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h1)),
+                _mm256_castsi256_ps(_mm256_and_si256(h1, hi_mask)),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_avx2(lo: __m256, hi: __m256, out: *mut f32, col0: usize, n: usize, acc: bool) {
+        unsafe {
+            if col0 + 16 <= n {
+                let p = out.add(col0);
+                let (lo, hi) = if acc {
+                    (
+                        _mm256_add_ps(lo, _mm256_loadu_ps(p)),
+                        _mm256_add_ps(hi, _mm256_loadu_ps(p.add(8))),
+                    )
+                } else {
+                    (lo, hi)
+                };
+                _mm256_storeu_ps(p, lo);
+                _mm256_storeu_ps(p.add(8), hi);
+            } else {
+                let mut vals = [0f32; 16];
+                _mm256_storeu_ps(vals.as_mut_ptr(), lo);
+                _mm256_storeu_ps(vals.as_mut_ptr().add(8), hi);
+                store_lanes(&vals, out, col0, n, acc);
+            }
+        }
+    }
+
+    /// One row × two blocks (GEMV, the decode case). Even and odd products go to separate
+    /// accumulators so that eight independent FMA chains hide the FMA latency; the kernel is
+    /// then limited by memory bandwidth, as it should be.
+    #[inline(always)]
+    unsafe fn gemv2_f32_avx2(
+        a: *const f32,
+        kp: usize,
+        w: *const Chunk,
+        out: *mut f32,
+        col0: usize,
+        n: usize,
+        acc: bool,
+    ) {
+        unsafe {
+            let mut c = [_mm256_setzero_ps(); 8];
+            let w2 = w.add(kp);
+            for p in 0..kp {
+                let a0 = _mm256_set1_ps(*a.add(2 * p));
+                let a1 = _mm256_set1_ps(*a.add(2 * p + 1));
+                let x = widen_avx2(w.add(p));
+                let y = widen_avx2(w2.add(p));
+                c[0] = _mm256_fmadd_ps(x[0], a0, c[0]);
+                c[1] = _mm256_fmadd_ps(x[1], a1, c[1]);
+                c[2] = _mm256_fmadd_ps(x[2], a0, c[2]);
+                c[3] = _mm256_fmadd_ps(x[3], a1, c[3]);
+                c[4] = _mm256_fmadd_ps(y[0], a0, c[4]);
+                c[5] = _mm256_fmadd_ps(y[1], a1, c[5]);
+                c[6] = _mm256_fmadd_ps(y[2], a0, c[6]);
+                c[7] = _mm256_fmadd_ps(y[3], a1, c[7]);
+            }
+            store_avx2(
+                _mm256_add_ps(c[0], c[1]),
+                _mm256_add_ps(c[2], c[3]),
+                out,
+                col0,
+                n,
+                acc,
+            );
+            store_avx2(
+                _mm256_add_ps(c[4], c[5]),
+                _mm256_add_ps(c[6], c[7]),
+                out,
+                col0 + 16,
+                n,
+                acc,
+            );
+        }
+    }
+
+    /// MR rows × one block; the same even/odd split per row so results are bit-identical to
+    /// the GEMV kernel (batch invariance).
+    #[inline(always)]
+    unsafe fn tile_f32_avx2<const MR: usize>(
+        a: *const f32,
+        kp: usize,
+        w: *const Chunk,
+        out: *mut f32,
+        ldo: usize,
+        col0: usize,
+        n: usize,
+        acc: bool,
+    ) {
+        unsafe {
+            let mut c = [[_mm256_setzero_ps(); 4]; MR];
+            for p in 0..kp {
+                let x = widen_avx2(w.add(p));
+                for (r, cr) in c.iter_mut().enumerate() {
+                    let a0 = _mm256_set1_ps(*a.add(r * 2 * kp + 2 * p));
+                    let a1 = _mm256_set1_ps(*a.add(r * 2 * kp + 2 * p + 1));
+                    cr[0] = _mm256_fmadd_ps(x[0], a0, cr[0]);
+                    cr[1] = _mm256_fmadd_ps(x[1], a1, cr[1]);
+                    cr[2] = _mm256_fmadd_ps(x[2], a0, cr[2]);
+                    cr[3] = _mm256_fmadd_ps(x[3], a1, cr[3]);
+                }
+            }
+            for (r, cr) in c.iter().enumerate() {
+                store_avx2(
+                    _mm256_add_ps(cr[0], cr[1]),
+                    _mm256_add_ps(cr[2], cr[3]),
+                    out.add(r * ldo),
+                    col0,
+                    n,
+                    acc,
+                );
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn blocks_f32_avx2(
         a: &[f32],
@@ -438,28 +569,40 @@ mod x86 {
         acc: bool,
     ) {
         let kp = w.kp;
-        let hi_mask = _mm256_set1_epi32(0xffff_0000u32 as i32);
-        for b in b0..b1 {
-            let wp = unsafe { w.data.as_ptr().add(b * kp) };
-            for r in 0..m {
-                unsafe {
-                    let ap = a.as_ptr().add(r * 2 * kp);
-                    let mut c = [_mm256_setzero_ps(); 2];
-                    for p in 0..kp {
-                        let base = wp.add(p) as *const __m256i;
-                        let a0 = _mm256_set1_ps(*ap.add(2 * p));
-                        let a1 = _mm256_set1_ps(*ap.add(2 * p + 1));
-                        for hh in 0..2 {
-                            let h = _mm256_load_si256(base.add(hh));
-                            let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h));
-                            let odd = _mm256_castsi256_ps(_mm256_and_si256(h, hi_mask));
-                            c[hh] = _mm256_fmadd_ps(odd, a1, _mm256_fmadd_ps(even, a0, c[hh]));
-                        }
+        let ap = a.as_ptr();
+        unsafe {
+            if m == 1 {
+                let mut b = b0;
+                while b + 2 <= b1 {
+                    gemv2_f32_avx2(ap, kp, w.data.as_ptr().add(b * kp), out, b * 16, w.n, acc);
+                    b += 2;
+                }
+                if b < b1 {
+                    tile_f32_avx2::<1>(
+                        ap,
+                        kp,
+                        w.data.as_ptr().add(b * kp),
+                        out,
+                        w.n,
+                        b * 16,
+                        w.n,
+                        acc,
+                    );
+                }
+                return;
+            }
+            for b in b0..b1 {
+                let wp = w.data.as_ptr().add(b * kp);
+                let mut r = 0;
+                while r < m {
+                    let (a_r, o_r) = (ap.add(r * 2 * kp), out.add(r * w.n));
+                    let rows = (m - r).min(3);
+                    match rows {
+                        3 => tile_f32_avx2::<3>(a_r, kp, wp, o_r, w.n, b * 16, w.n, acc),
+                        2 => tile_f32_avx2::<2>(a_r, kp, wp, o_r, w.n, b * 16, w.n, acc),
+                        _ => tile_f32_avx2::<1>(a_r, kp, wp, o_r, w.n, b * 16, w.n, acc),
                     }
-                    let mut vals = [0f32; 16];
-                    _mm256_storeu_ps(vals.as_mut_ptr(), c[0]);
-                    _mm256_storeu_ps(vals.as_mut_ptr().add(8), c[1]);
-                    store_lanes(&vals, out.add(r * w.n), b * 16, w.n, acc);
+                    r += rows;
                 }
             }
         }

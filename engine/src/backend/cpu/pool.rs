@@ -1,35 +1,87 @@
-//! A tiny fork-join thread pool for the forward pass. A decode step runs ~200 parallel regions
+//! A tiny fork-join thread pool for the forward pass. A decode step runs ~150 parallel regions
 //! of a few tens of microseconds each, so waking threads through a channel or a condvar per
-//! region would cost more than the work; workers spin on an epoch counter for a while and only
-//! then park. Tasks are handed out through an atomic counter (dynamic load balancing).
+//! region would cost more than the work; workers spin on a state word for a while and only
+//! then park.
+//!
+//! The machine is often shared (builds, other services), so the caller never waits for a
+//! worker that has not started: tasks are claimed one at a time with a compare-and-swap on a
+//! word that packs (epoch, task count, next task), the caller claims tasks too, and it waits
+//! only for tasks that were actually claimed. A descheduled worker therefore costs nothing.
 //!
 //! # Safety
-//! `run` publishes a pointer to a closure on its own stack and does not return until every
-//! worker has acknowledged that epoch, so no worker can touch the closure after `run` returns.
+//! `run` publishes a pointer to a closure on its own stack. A worker dereferences it only
+//! after claiming a task of the current epoch, and `run` returns only after every claimed task
+//! of its epoch has finished, so the closure outlives every use.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
 
 /// How many spin iterations a worker waits before parking: long enough to bridge the gaps
 /// between the parallel regions of one forward pass, short enough not to burn a core while
 /// the engine is idle.
-const SPINS_BEFORE_PARK: u32 = 1 << 16;
+const SPINS_BEFORE_PARK: u32 = 1 << 15;
+
+const IDX_BITS: u64 = 20;
+const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
+
+fn pack(epoch: u64, n: u64, next: u64) -> u64 {
+    (epoch << (2 * IDX_BITS)) | (n << IDX_BITS) | next
+}
+
+fn unpack(s: u64) -> (u64, u64, u64) {
+    (
+        s >> (2 * IDX_BITS),
+        (s >> IDX_BITS) & IDX_MASK,
+        s & IDX_MASK,
+    )
+}
 
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
-    n_tasks: usize,
 }
 
 struct Shared {
-    epoch: AtomicUsize,
+    /// (epoch, n_tasks, next task).
+    state: AtomicU64,
     job: AtomicPtr<()>,
-    next: AtomicUsize,
-    active: AtomicUsize,
+    done: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
     sleeping: Vec<AtomicBool>,
+}
+
+impl Shared {
+    /// Claims the next task of the current job, if any is left.
+    fn claim(&self) -> Option<usize> {
+        let mut s = self.state.load(Acquire);
+        loop {
+            let (_, n, next) = unpack(s);
+            if next >= n {
+                return None;
+            }
+            match self.state.compare_exchange_weak(s, s + 1, AcqRel, Acquire) {
+                Ok(_) => return Some(next as usize),
+                Err(cur) => s = cur,
+            }
+        }
+    }
+
+    fn run_claimed(&self, mut i: usize) {
+        // SAFETY: a task of the current epoch is claimed; see the module docs.
+        let job = unsafe { &*(self.job.load(Acquire) as *const Job) };
+        loop {
+            if catch_unwind(AssertUnwindSafe(|| (job.f)(i))).is_err() {
+                self.panicked.store(true, SeqCst);
+            }
+            self.done.fetch_add(1, Release);
+            match self.claim() {
+                Some(j) => i = j,
+                None => return,
+            }
+        }
+    }
 }
 
 pub struct ThreadPool {
@@ -37,7 +89,7 @@ pub struct ThreadPool {
     threads: Vec<Thread>,
     handles: Vec<JoinHandle<()>>,
     /// Serializes `run` calls: the pool runs one job at a time.
-    lock: Mutex<()>,
+    lock: Mutex<u64>,
 }
 
 impl ThreadPool {
@@ -45,10 +97,9 @@ impl ThreadPool {
     pub fn new(n_threads: usize) -> Self {
         let n_workers = n_threads.max(1) - 1;
         let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
+            state: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            next: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             sleeping: (0..n_workers).map(|_| AtomicBool::new(false)).collect(),
@@ -68,7 +119,7 @@ impl ThreadPool {
             shared,
             threads,
             handles,
-            lock: Mutex::new(()),
+            lock: Mutex::new(0),
         }
     }
 
@@ -86,80 +137,55 @@ impl ThreadPool {
             (0..n_tasks).for_each(f);
             return;
         }
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        assert!((n_tasks as u64) < IDX_MASK, "too many tasks for one run");
+        let mut epoch = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        *epoch = (*epoch + 1) & ((1 << 24) - 1);
         let s = &*self.shared;
-        let job = Job { f, n_tasks };
-        s.job.store(&job as *const Job as *mut (), SeqCst);
-        s.next.store(0, SeqCst);
-        s.active.store(self.handles.len(), SeqCst);
-        s.epoch.fetch_add(1, SeqCst);
+        let job = Job { f };
+        s.job.store(&job as *const Job as *mut (), Release);
+        s.done.store(0, Release);
+        s.state.store(pack(*epoch, n_tasks as u64, 0), Release);
         for (i, t) in self.threads.iter().enumerate() {
             if s.sleeping[i].load(SeqCst) {
                 t.unpark();
             }
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| {
-            loop {
-                let i = s.next.fetch_add(1, AcqRel);
-                if i >= n_tasks {
-                    break;
-                }
-                f(i);
-            }
-        }));
-        while s.active.load(Acquire) != 0 {
+        if let Some(i) = s.claim() {
+            s.run_claimed(i);
+        }
+        while s.done.load(Acquire) != n_tasks {
             std::hint::spin_loop();
         }
-        if let Err(p) = mine {
-            std::panic::resume_unwind(p);
-        }
         if s.panicked.swap(false, SeqCst) {
-            panic!("a task panicked on an engine worker thread");
+            panic!("a task of the engine thread pool panicked");
         }
     }
 }
 
 fn worker(s: Arc<Shared>, idx: usize) {
-    let mut seen = 0usize;
+    let mut spins = 0u32;
     loop {
-        let mut spins = 0u32;
-        let epoch = loop {
-            let e = s.epoch.load(Acquire);
-            if e != seen {
-                break e;
-            }
-            if s.shutdown.load(Acquire) {
-                return;
-            }
-            spins += 1;
-            if spins < SPINS_BEFORE_PARK {
-                std::hint::spin_loop();
-            } else {
-                // Dekker-style handshake with `run`: announce sleep, then re-check the epoch.
-                s.sleeping[idx].store(true, SeqCst);
-                if s.epoch.load(SeqCst) == seen && !s.shutdown.load(SeqCst) {
-                    std::thread::park_timeout(std::time::Duration::from_millis(50));
-                }
-                s.sleeping[idx].store(false, SeqCst);
-            }
-        };
-        seen = epoch;
-        // SAFETY: see the module docs; the job outlives this epoch because `run` waits for
-        // `active` to reach zero.
-        let job = unsafe { &*(s.job.load(Acquire) as *const Job) };
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            loop {
-                let i = s.next.fetch_add(1, AcqRel);
-                if i >= job.n_tasks {
-                    break;
-                }
-                (job.f)(i);
-            }
-        }));
-        if r.is_err() {
-            s.panicked.store(true, SeqCst);
+        if let Some(i) = s.claim() {
+            s.run_claimed(i);
+            spins = 0;
+            continue;
         }
-        s.active.fetch_sub(1, Release);
+        if s.shutdown.load(Acquire) {
+            return;
+        }
+        spins += 1;
+        if spins < SPINS_BEFORE_PARK {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Dekker-style handshake with `run`: announce sleep, then re-check for work.
+        s.sleeping[idx].store(true, SeqCst);
+        let (_, n, next) = unpack(s.state.load(SeqCst));
+        if next >= n && !s.shutdown.load(SeqCst) {
+            std::thread::park_timeout(std::time::Duration::from_millis(100));
+        }
+        s.sleeping[idx].store(false, SeqCst);
+        spins = 0;
     }
 }
 
@@ -179,6 +205,13 @@ impl Drop for ThreadPool {
 /// The caller of `ThreadPool::run` guarantees the disjointness.
 #[derive(Clone, Copy)]
 pub struct SyncPtr<T>(pub *mut T);
+impl<T> SyncPtr<T> {
+    /// The pointer. A method (rather than `.0`) so that closures capture the whole `SyncPtr`.
+    #[inline(always)]
+    pub fn ptr(&self) -> *mut T {
+        self.0
+    }
+}
 unsafe impl<T> Send for SyncPtr<T> {}
 unsafe impl<T> Sync for SyncPtr<T> {}
 
