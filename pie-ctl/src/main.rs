@@ -1,0 +1,458 @@
+//! pie-ctl: administers pied over its Unix socket.
+
+mod client;
+mod render;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use proto::{
+    ErrorCode, Event, EventKind, ExitStatus, LaunchSpec, LimitOverrides, RequestBody,
+    ResponseBody, StdinMode,
+};
+use sha2::{Digest, Sha256};
+
+use client::{Client, DaemonError};
+
+#[derive(Parser)]
+#[command(name = "pie-ctl", version, about = "Administer the pied inference daemon")]
+struct Cli {
+    /// Admin socket of pied
+    #[arg(long, global = true, env = "PIE_SOCKET", default_value = "/run/pied.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the daemon's state
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show client, daemon and protocol versions
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a program: a .wasm file (uploaded when the daemon lacks it), an installed name
+    /// or a sha256 prefix. Follows its output and exits with its status unless -d.
+    Launch(LaunchArgs),
+    /// List processes (running ones unless --all)
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a process's output and events
+    Logs {
+        id: u64,
+        /// Keep following new output until the process ends
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N events
+        #[arg(long)]
+        tail: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show everything about one process
+    Inspect {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream a running process's output and feed it this terminal's stdin
+    Attach { id: u64 },
+    /// Stop a process at once
+    Kill { id: u64 },
+    /// Manage installed programs
+    Programs {
+        #[command(subcommand)]
+        command: ProgramsCommand,
+    },
+    /// Make the daemon re-read its config file (limits and grants)
+    Reload,
+}
+
+#[derive(Subcommand)]
+enum ProgramsCommand {
+    /// List installed programs
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a program without running it
+    Add { file: PathBuf },
+    /// Remove a program (by name or sha256 prefix)
+    Rm { program: String },
+}
+
+#[derive(clap::Args)]
+struct LaunchArgs {
+    /// Detach: print the process id and return
+    #[arg(short, long)]
+    detach: bool,
+    /// Feed this file to the program's stdin
+    #[arg(long, value_name = "FILE", conflicts_with = "interactive")]
+    stdin: Option<PathBuf>,
+    /// Keep stdin open: forward this terminal's stdin (or feed it later with attach)
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the program its tenant's scratch tree at /scratch (daemon must allow_fs)
+    #[arg(long)]
+    fs: bool,
+    /// Fuel limit (wasm instructions, roughly); 0 = unmetered
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock deadline, e.g. 500ms, 30s, 5m, 1h; 0 = none
+    #[arg(long, value_parser = parse_duration_ms)]
+    deadline: Option<u64>,
+    /// Memory cap, e.g. 64M, 1G (plain numbers are MiB)
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// The program: a .wasm path, an installed name, or a sha256 prefix
+    program: String,
+    /// Arguments passed to the program (after --)
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        (s, 1000)
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m or 1h"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let upper = s.to_ascii_uppercase();
+    let t = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (num, shift) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        _ => (t, 20),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n << shift)
+        .map_err(|_| format!("{s:?} is not a size like 64M or 1G"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pie-ctl: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Version { json } = &cli.command {
+        return version(&cli.socket, *json);
+    }
+    let mut client = Client::connect(&cli.socket)?;
+    match cli.command {
+        Command::Version { .. } => unreachable!("handled above"),
+        Command::Status { json } => {
+            let ResponseBody::Status(s) = client.call(RequestBody::Status)? else {
+                bail!("unexpected reply");
+            };
+            render::status(&s, json)?;
+        }
+        Command::Launch(args) => return launch(&mut client, args),
+        Command::Ps { all, json } => {
+            let ResponseBody::Processes(list) = client.call(RequestBody::Ps { all })? else {
+                bail!("unexpected reply");
+            };
+            render::processes(&list, json)?;
+        }
+        Command::Logs {
+            id,
+            follow,
+            tail,
+            json,
+        } => {
+            let mut out = Output::new(json);
+            client.stream(
+                RequestBody::Logs { id, follow, tail },
+                |e| out.event(&e),
+                |_| {},
+            )?;
+        }
+        Command::Inspect { id, json } => {
+            let ResponseBody::Process(p) = client.call(RequestBody::Inspect { id })? else {
+                bail!("unexpected reply");
+            };
+            render::process(&p, json)?;
+        }
+        Command::Attach { id } => return attach(&mut client, id, true),
+        Command::Kill { id } => {
+            client.call(RequestBody::Kill { id })?;
+        }
+        Command::Programs { command } => match command {
+            ProgramsCommand::Ls { json } => {
+                let ResponseBody::Programs(list) = client.call(RequestBody::ProgramsList)? else {
+                    bail!("unexpected reply");
+                };
+                render::programs(&list, json)?;
+            }
+            ProgramsCommand::Add { file } => {
+                let info = upload(&mut client, &file, &std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?)?;
+                println!("{}  {}", info.sha256, info.name);
+            }
+            ProgramsCommand::Rm { program } => {
+                if let ResponseBody::Programs(list) =
+                    client.call(RequestBody::ProgramRemove { program })?
+                {
+                    for p in list {
+                        println!("removed {}  {}", p.sha256, p.name);
+                    }
+                }
+            }
+        },
+        Command::Reload => {
+            client.call(RequestBody::Reload)?;
+            println!("config reloaded");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn version(socket: &Path, json: bool) -> Result<ExitCode> {
+    let daemon = Client::connect(socket).and_then(|mut c| match c.call(RequestBody::Version)? {
+        ResponseBody::Version(v) => Ok(v),
+        other => bail!("unexpected reply: {other:?}"),
+    });
+    render::version(daemon.as_ref().ok(), json)?;
+    if let Err(e) = daemon {
+        eprintln!("pie-ctl: daemon version unknown: {e:#}");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn upload(client: &mut Client, path: &Path, wasm: &[u8]) -> Result<proto::ProgramInfo> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match client.call(RequestBody::Upload {
+        name,
+        wasm: wasm.to_vec(),
+    })? {
+        ResponseBody::Uploaded(info) => Ok(info),
+        other => bail!("unexpected reply: {other:?}"),
+    }
+}
+
+fn is_code(e: &anyhow::Error, code: ErrorCode) -> bool {
+    e.downcast_ref::<DaemonError>().is_some_and(|d| d.0.code == code)
+}
+
+fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
+    let stdin = match (&args.stdin, args.interactive) {
+        (Some(path), _) => StdinMode::Data(
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        (None, true) => StdinMode::Open,
+        (None, false) => StdinMode::Closed,
+    };
+    // A path to a file is launched by content hash; it is uploaded only when the daemon
+    // does not have it yet, so repeated launches send 64 bytes, not the program.
+    let local = Path::new(&args.program);
+    let file = if local.is_file() {
+        let wasm = std::fs::read(local).with_context(|| format!("cannot read {}", local.display()))?;
+        Some(wasm)
+    } else {
+        None
+    };
+    let program = match &file {
+        Some(wasm) => hex::encode(Sha256::digest(wasm)),
+        None => args.program.clone(),
+    };
+    let mut spec = LaunchSpec {
+        program,
+        args: args.args,
+        stdin,
+        fs: args.fs,
+        limits: LimitOverrides {
+            fuel: args.fuel,
+            deadline_ms: args.deadline,
+            memory_bytes: args.memory,
+        },
+    };
+    let id = match client.call(RequestBody::Launch(spec.clone())) {
+        Ok(r) => launched_id(r)?,
+        Err(e) if file.is_some() && is_code(&e, ErrorCode::UnknownProgram) => {
+            let info = upload(client, local, file.as_deref().unwrap())?;
+            spec.program = info.sha256;
+            launched_id(client.call(RequestBody::Launch(spec))?)?
+        }
+        Err(e) => return Err(e),
+    };
+    if args.detach {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(client, id, args.interactive, RequestBody::Logs { id, follow: true, tail: None })
+}
+
+fn launched_id(r: ResponseBody) -> Result<u64> {
+    match r {
+        ResponseBody::Launched { id } => Ok(id),
+        other => bail!("unexpected reply: {other:?}"),
+    }
+}
+
+fn attach(client: &mut Client, id: u64, forward_stdin: bool) -> Result<ExitCode> {
+    let open = client
+        .call(RequestBody::Inspect { id })
+        .map(|r| matches!(r, ResponseBody::Process(p) if p.stdin_open))?;
+    follow(client, id, forward_stdin && open, RequestBody::Attach { id })
+}
+
+/// Streams a process's events to this terminal, optionally forwarding stdin, and turns
+/// its end into pie-ctl's exit code.
+fn follow(client: &mut Client, id: u64, forward_stdin: bool, request: RequestBody) -> Result<ExitCode> {
+    if forward_stdin {
+        let sender = client.sender();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = sender.send(RequestBody::CloseStdin { id });
+                        return;
+                    }
+                    Ok(n) => {
+                        if sender
+                            .send(RequestBody::Stdin { id, data: buf[..n].to_vec() })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut out = Output::new(false);
+    let mut status = None;
+    let mut warned = false;
+    client.stream(
+        request,
+        |e| {
+            if let EventKind::Exit(s) = &e.kind {
+                status = Some(s.clone());
+            }
+            out.event(&e)
+        },
+        |other| {
+            if let ResponseBody::Error(e) = other
+                && !warned
+            {
+                warned = true;
+                eprintln!("pie-ctl: stdin not delivered: {}", e.message);
+            }
+        },
+    )?;
+    Ok(match status {
+        Some(s) => exit_code(id, &s),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// pie-ctl's exit status for a process's end: its own code, or one that names the cause
+/// the way shells do (124 timeout, 137 killed).
+fn exit_code(id: u64, status: &ExitStatus) -> ExitCode {
+    match status {
+        ExitStatus::Code(c) => ExitCode::from((*c).clamp(0, 255) as u8),
+        other => {
+            eprintln!("pie-ctl: process {id} {other}");
+            ExitCode::from(match other {
+                ExitStatus::Killed(_) => 137,
+                ExitStatus::DeadlineExceeded { .. } => 124,
+                ExitStatus::FuelExhausted { .. } | ExitStatus::MemoryLimit { .. } => 125,
+                ExitStatus::Trap(_) => 134,
+                ExitStatus::Failed(_) => 126,
+                ExitStatus::Lost | ExitStatus::Code(_) => 1,
+            })
+        }
+    }
+}
+
+/// Where events go: raw bytes to stdout/stderr, or one JSON object per line.
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn new(json: bool) -> Output {
+        Output { json }
+    }
+
+    fn event(&mut self, e: &Event) -> Result<()> {
+        if self.json {
+            let line = render::event_json(e);
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")?;
+            return Ok(out.flush()?);
+        }
+        match &e.kind {
+            EventKind::Stdout(b) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(b)?;
+                out.flush()?;
+            }
+            EventKind::Stderr(b) => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(b)?;
+                err.flush()?;
+            }
+            EventKind::Notice(n) => eprintln!("pie-ctl: notice: {n}"),
+            EventKind::Exit(_) => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2s"), Ok(2000));
+        assert_eq!(parse_duration_ms("3"), Ok(3000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert!(parse_duration_ms("soon").is_err());
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("16"), Ok(16 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,320 @@
+//! The messages of the admin protocol. Adding a variant at the end of an enum is a
+//! compatible change only together with a protocol version bump: bincode encodes variants
+//! by index.
+
+use serde::{Deserialize, Serialize};
+
+/// First frame a client sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientHello {
+    pub magic: [u8; 8],
+    pub min_version: u32,
+    pub max_version: u32,
+    /// The client's own version, for logs and `pie-ctl version`.
+    pub client_version: String,
+}
+
+/// The server's answer to a [`ClientHello`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum HelloReply {
+    Accepted(ServerHello),
+    Rejected(ErrorReply),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerHello {
+    /// The protocol version used for the rest of the connection.
+    pub version: u32,
+    pub server_version: String,
+    /// Optional capabilities of this daemon, e.g. "fs", "socket-activation".
+    pub features: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    pub body: RequestBody,
+}
+
+/// A program to launch: an installed program (sha256 or name) plus launch options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// sha256 (full hex or a unique prefix) or name of an installed program.
+    pub program: String,
+    pub args: Vec<String>,
+    pub stdin: StdinMode,
+    /// Ask for the tenant's scratch tree at `/scratch` (needs `[runtime] allow_fs`).
+    pub fs: bool,
+    /// Per-launch overrides of the config's default limits (must stay within its maxima).
+    pub limits: LimitOverrides,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StdinMode {
+    /// Stdin is at end-of-file from the start.
+    Closed,
+    /// Stdin holds these bytes, then end-of-file.
+    Data(Vec<u8>),
+    /// Stdin stays open: `attach` feeds it.
+    Open,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LimitOverrides {
+    pub fuel: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RequestBody {
+    Status,
+    Version,
+    /// Stores a program (a wasm component or core module); answered with `Uploaded`.
+    Upload {
+        name: String,
+        wasm: Vec<u8>,
+    },
+    /// Answered with `Launched`, or `Error` with code `UnknownProgram` when the program
+    /// must be uploaded first.
+    Launch(LaunchSpec),
+    Ps {
+        all: bool,
+    },
+    Inspect {
+        id: u64,
+    },
+    /// Streams `Event`s: the last `tail` (all when `None`), then new ones while `follow`,
+    /// ending with `End` once the process has exited.
+    Logs {
+        id: u64,
+        follow: bool,
+        tail: Option<u64>,
+    },
+    /// Like `Logs { follow: true, tail: None }`; stdin is fed with `Stdin` requests.
+    Attach {
+        id: u64,
+    },
+    Stdin {
+        id: u64,
+        data: Vec<u8>,
+    },
+    CloseStdin {
+        id: u64,
+    },
+    Kill {
+        id: u64,
+    },
+    ProgramsList,
+    ProgramRemove {
+        program: String,
+    },
+    Reload,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    pub body: ResponseBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ResponseBody {
+    Ok,
+    Error(ErrorReply),
+    Status(DaemonStatus),
+    Version(VersionInfo),
+    Uploaded(ProgramInfo),
+    Launched { id: u64 },
+    Processes(Vec<ProcessInfo>),
+    Process(ProcessInfo),
+    Event(Event),
+    /// Ends a stream of `Event`s.
+    End,
+    Programs(Vec<ProgramInfo>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// A frame was not a valid message, too large or truncated.
+    MalformedFrame,
+    /// The client speaks no protocol version this daemon speaks.
+    VersionMismatch,
+    BadRequest,
+    NotFound,
+    PermissionDenied,
+    /// The program is not in the store: upload it, then launch again.
+    UnknownProgram,
+    /// The upload is not a wasm component or module pied can run.
+    InvalidProgram,
+    TooLarge,
+    /// A requested limit is above the config's maximum, or the process cap is reached.
+    LimitExceeded,
+    ShuttingDown,
+    /// The new config is invalid; the old one stays in force.
+    InvalidConfig,
+    Internal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub server_version: String,
+    pub protocol_version: u32,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub socket: String,
+    pub state_dir: String,
+    pub config: Option<String>,
+    pub running: u64,
+    pub exited: u64,
+    pub max_processes: u64,
+    pub programs: u64,
+    pub draining: bool,
+    pub allow_fs: bool,
+    pub default_limits: Limits,
+    pub max_limits: Limits,
+    /// The caller's identity as the daemon sees it.
+    pub you: Caller,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub tenant: String,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub server_version: String,
+    pub protocol_version: u32,
+    pub min_protocol_version: u32,
+    pub max_protocol_version: u32,
+    pub wasmtime_version: String,
+    pub features: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Wasm fuel (roughly instructions); 0 means unmetered.
+    pub fuel: u64,
+    /// Wall-clock deadline from start; 0 means none.
+    pub deadline_ms: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramInfo {
+    pub sha256: String,
+    pub name: String,
+    pub kind: ProgramKind,
+    pub size: u64,
+    /// Whether a compiled artifact is cached on disk.
+    pub compiled: bool,
+    pub added_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProgramKind {
+    /// A wasm32-wasip2 component exporting `wasi:cli/run`.
+    Component,
+    /// A wasm32-wasip1 core module exporting `_start`.
+    Module,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub id: u64,
+    pub owner_uid: u32,
+    pub tenant: String,
+    pub program: String,
+    pub program_name: String,
+    pub args: Vec<String>,
+    pub state: ProcessState,
+    pub started_unix_ms: u64,
+    pub ended_unix_ms: Option<u64>,
+    pub limits: Limits,
+    pub fs: bool,
+    pub stdin_open: bool,
+    /// Fuel used so far (known once the process has ended, when fuel is metered).
+    pub fuel_used: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcessState {
+    Running,
+    Exited(ExitStatus),
+}
+
+impl ProcessState {
+    pub fn is_running(&self) -> bool {
+        matches!(self, ProcessState::Running)
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// The program returned or called exit with this code.
+    Code(i32),
+    /// The program trapped (a wasm fault or a panic); the text is wasmtime's message.
+    Trap(String),
+    /// Stopped by `kill` (or by the daemon's shutdown after its grace period).
+    Killed(String),
+    DeadlineExceeded { deadline_ms: u64 },
+    FuelExhausted { fuel: u64 },
+    MemoryLimit { limit_bytes: u64 },
+    /// The program could not be started (link error, instantiation failure, ...).
+    Failed(String),
+    /// The daemon stopped while the process ran and could not record its end.
+    Lost,
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exited with code {c}"),
+            ExitStatus::Trap(why) => write!(f, "trapped: {why}"),
+            ExitStatus::Killed(why) => write!(f, "killed: {why}"),
+            ExitStatus::DeadlineExceeded { deadline_ms } => {
+                write!(f, "deadline exceeded ({deadline_ms} ms)")
+            }
+            ExitStatus::FuelExhausted { fuel } => write!(f, "fuel exhausted ({fuel} units)"),
+            ExitStatus::MemoryLimit { limit_bytes } => {
+                write!(f, "memory limit exceeded ({limit_bytes} bytes)")
+            }
+            ExitStatus::Failed(why) => write!(f, "failed to start: {why}"),
+            ExitStatus::Lost => write!(f, "lost: the daemon stopped while it ran"),
+        }
+    }
+}
+
+/// One entry of a process's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Starts at 0 and grows by one per event of the process; never reused.
+    pub seq: u64,
+    pub unix_ms: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// A message from the daemon about the process (e.g. a log write failure).
+    Notice(String),
+    Exit(ExitStatus),
+}

@@ -1,0 +1,195 @@
+//! One function per request: translate between protocol messages and [`Daemon`]
+//! operations, enforcing who may do what.
+
+use std::sync::Arc;
+
+use proto::{
+    DaemonStatus, ErrorCode, EventKind, Request, RequestBody, ResponseBody, VersionInfo,
+};
+use tokio::sync::watch;
+
+use super::{FEATURES, Replies};
+use crate::daemon::{Daemon, OpResult, err};
+use crate::procs::Process;
+use crate::systemd;
+use crate::tenancy::Caller;
+
+/// Handles one request. Returns an error only when the client is gone.
+pub async fn dispatch(
+    daemon: &Arc<Daemon>,
+    caller: &Caller,
+    request: Request,
+    replies: &Replies,
+    closed: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let id = request.id;
+    let body = match request.body {
+        RequestBody::Logs { id: pid, follow, tail } => {
+            return start_stream(daemon, caller, id, pid, follow, tail, false, replies, closed).await;
+        }
+        RequestBody::Attach { id: pid } => {
+            return start_stream(daemon, caller, id, pid, true, None, true, replies, closed).await;
+        }
+        other => handle(daemon, caller, other).await,
+    };
+    let body = body.unwrap_or_else(ResponseBody::Error);
+    replies.reply(id, body).await
+}
+
+async fn handle(daemon: &Arc<Daemon>, caller: &Caller, body: RequestBody) -> OpResult<ResponseBody> {
+    Ok(match body {
+        RequestBody::Status => ResponseBody::Status(status(daemon, caller)),
+        RequestBody::Version => ResponseBody::Version(VersionInfo {
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: proto::PROTOCOL_VERSION,
+            min_protocol_version: proto::MIN_PROTOCOL_VERSION,
+            max_protocol_version: proto::PROTOCOL_VERSION,
+            wasmtime_version: "48.0.8".to_string(),
+            features: FEATURES.iter().map(|f| f.to_string()).collect(),
+        }),
+        RequestBody::Upload { name, wasm } => {
+            let limit = daemon.config().runtime.max_program_bytes;
+            ResponseBody::Uploaded(daemon.programs.add(&name, wasm, caller.uid, limit).await?)
+        }
+        RequestBody::Launch(spec) => ResponseBody::Launched {
+            id: daemon.launch(caller, spec).await?,
+        },
+        RequestBody::Ps { all } => {
+            let list = daemon
+                .procs
+                .all()
+                .into_iter()
+                .filter(|p| caller.may_access(p.owner))
+                .map(|p| p.info())
+                .filter(|i| all || i.state.is_running())
+                .collect();
+            ResponseBody::Processes(list)
+        }
+        RequestBody::Inspect { id } => ResponseBody::Process(daemon.process(caller, id)?.info()),
+        RequestBody::Stdin { id, data } => {
+            let p = daemon.process(caller, id)?;
+            p.write_stdin(&data)
+                .await
+                .map_err(|m| err(ErrorCode::BadRequest, m))?;
+            ResponseBody::Ok
+        }
+        RequestBody::CloseStdin { id } => {
+            daemon.process(caller, id)?.close_stdin().await;
+            ResponseBody::Ok
+        }
+        RequestBody::Kill { id } => {
+            daemon.kill(caller, id)?;
+            ResponseBody::Ok
+        }
+        RequestBody::ProgramsList => {
+            ResponseBody::Programs(daemon.programs.list(caller.uid, caller.admin))
+        }
+        RequestBody::ProgramRemove { program } => {
+            let info = daemon.programs.remove(&program, caller.uid, caller.admin).await?;
+            ResponseBody::Programs(vec![info])
+        }
+        RequestBody::Reload => {
+            if !caller.admin {
+                return Err(err(
+                    ErrorCode::PermissionDenied,
+                    "only root or the admin group may reload the daemon",
+                ));
+            }
+            systemd::reloading();
+            let result = daemon.reload();
+            systemd::ready(daemon);
+            result?;
+            ResponseBody::Ok
+        }
+        RequestBody::Logs { .. } | RequestBody::Attach { .. } => {
+            unreachable!("streaming requests are dispatched before")
+        }
+    })
+}
+
+fn status(daemon: &Daemon, caller: &Caller) -> DaemonStatus {
+    let config = daemon.config();
+    let all = daemon.procs.all();
+    let running = all.iter().filter(|p| p.is_running()).count() as u64;
+    DaemonStatus {
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol_version: proto::PROTOCOL_VERSION,
+        pid: std::process::id(),
+        uptime_ms: daemon.uptime().as_millis() as u64,
+        socket: daemon.socket_path.display().to_string(),
+        state_dir: daemon.state_dir.display().to_string(),
+        config: daemon.config_path.as_ref().map(|p| p.display().to_string()),
+        running,
+        exited: all.len() as u64 - running,
+        max_processes: config.runtime.max_processes as u64,
+        programs: daemon.programs.count() as u64,
+        draining: daemon.is_draining(),
+        allow_fs: config.runtime.allow_fs,
+        default_limits: config.limits.default_limits(),
+        max_limits: config.limits.max_limits(),
+        you: caller.to_proto(),
+    }
+}
+
+/// Starts a stream of a process's events on its own task, so the connection keeps
+/// taking requests (an attached client sends stdin while output streams back).
+#[allow(clippy::too_many_arguments)]
+async fn start_stream(
+    daemon: &Arc<Daemon>,
+    caller: &Caller,
+    request: u64,
+    pid: u64,
+    follow: bool,
+    tail: Option<u64>,
+    attach: bool,
+    replies: &Replies,
+    closed: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let process = match daemon.process(caller, pid) {
+        Ok(p) => p,
+        Err(e) => return replies.reply(request, ResponseBody::Error(e)).await,
+    };
+    let from = match (attach, tail) {
+        // Attaching to an ended process still reports how it ended.
+        (true, _) if !process.is_running() => process.log.tail_start(1),
+        (true, _) => process.log.next_seq(),
+        (false, Some(n)) => process.log.tail_start(n),
+        (false, None) => 0,
+    };
+    let replies = replies.clone();
+    tokio::spawn(async move {
+        let _ = stream_events(&process, from, follow, request, &replies, closed).await;
+    });
+    Ok(())
+}
+
+async fn stream_events(
+    process: &Process,
+    mut next: u64,
+    follow: bool,
+    request: u64,
+    replies: &Replies,
+    mut closed: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    // Subscribe before reading, so nothing appended in between is missed.
+    let mut appended = process.log.subscribe();
+    loop {
+        for event in process.log.since(next) {
+            next = event.seq + 1;
+            let ended = matches!(event.kind, EventKind::Exit(_));
+            replies.reply(request, ResponseBody::Event(event)).await?;
+            if ended {
+                return replies.reply(request, ResponseBody::End).await;
+            }
+        }
+        if !follow {
+            return replies.reply(request, ResponseBody::End).await;
+        }
+        tokio::select! {
+            changed = appended.changed() => if changed.is_err() {
+                return replies.reply(request, ResponseBody::End).await;
+            },
+            _ = closed.changed() => return Ok(()),
+        }
+    }
+}

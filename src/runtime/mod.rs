@@ -1,0 +1,184 @@
+//! The wasm sandbox: one wasmtime `Engine` for the daemon, one `Store` per process.
+//!
+//! Programs are compiled once (ahead of time, cached on disk by the program store) and
+//! pre-instantiated once per daemon run (`InstancePre`), so a launch costs an instantiation
+//! from the pooling allocator and nothing more. Every store meters fuel, has a memory cap
+//! and an epoch deadline callback that checks the kill switch and the wall-clock deadline.
+
+mod limits;
+mod run;
+mod stdio;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use proto::ProgramKind;
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
+};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+pub use limits::Control;
+pub use run::ProcessIo;
+
+use run::{ComponentState, ModuleState};
+
+/// How often the epoch advances: the granularity of deadlines, kills and yields.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A program ready to instantiate.
+pub enum Loaded {
+    Component(CommandPre<ComponentState>),
+    Module(wasmtime::InstancePre<ModuleState>),
+}
+
+pub struct Runtime {
+    engine: Engine,
+    component_linker: ComponentLinker<ComponentState>,
+    module_linker: Linker<ModuleState>,
+    pooling: bool,
+}
+
+/// Sizing of the runtime that cannot change without a restart.
+pub struct RuntimeSizing {
+    pub max_processes: u32,
+    pub max_memory_bytes: u64,
+    pub pooling: bool,
+}
+
+impl Runtime {
+    pub fn new(sizing: &RuntimeSizing) -> Result<Arc<Runtime>> {
+        let engine = match sizing.pooling {
+            true => match Engine::new(&engine_config(Some(sizing))) {
+                Ok(engine) => Some(engine),
+                Err(e) => {
+                    tracing::warn!(
+                        "pooling allocator unavailable ({e:#}); falling back to on-demand allocation"
+                    );
+                    None
+                }
+            },
+            false => None,
+        };
+        let pooling = engine.is_some();
+        let engine = match engine {
+            Some(engine) => engine,
+            None => Engine::new(&engine_config(None)).map_err(anyhow::Error::from)?,
+        };
+
+        let mut component_linker = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)
+            .map_err(anyhow::Error::from)?;
+        let mut module_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
+            &mut s.wasi
+        })
+        .map_err(anyhow::Error::from)?;
+
+        // The ticker holds only a weak handle: it ends with the engine.
+        let weak = engine.weak();
+        thread::Builder::new()
+            .name("pied-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("cannot start the epoch thread")?;
+
+        Ok(Arc::new(Runtime {
+            engine,
+            component_linker,
+            module_linker,
+            pooling,
+        }))
+    }
+
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Tells a component from a core module by its header.
+    pub fn detect_kind(wasm: &[u8]) -> Result<ProgramKind> {
+        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+            bail!("not a WebAssembly binary (missing the \\0asm header)");
+        }
+        match wasm[4..8] {
+            [1, 0, 0, 0] => Ok(ProgramKind::Module),
+            [0x0d, 0, 1, 0] => Ok(ProgramKind::Component),
+            _ => bail!("unsupported WebAssembly binary version {:?}", &wasm[4..8]),
+        }
+    }
+
+    /// Compiles a program ahead of time; the result is what `load` takes.
+    pub fn precompile(&self, kind: ProgramKind, wasm: &[u8]) -> Result<Vec<u8>> {
+        let bytes = match kind {
+            ProgramKind::Component => self.engine.precompile_component(wasm),
+            ProgramKind::Module => self.engine.precompile_module(wasm),
+        };
+        bytes.map_err(|e| anyhow::Error::from(e).context("compilation failed"))
+    }
+
+    /// Loads a compiled artifact and links it against WASI. Fails (and the caller then
+    /// recompiles) when the artifact came from another wasmtime build or configuration.
+    pub fn load(&self, kind: ProgramKind, compiled: &std::path::Path) -> Result<Loaded> {
+        // SAFETY: the file is an artifact this daemon wrote itself, in its own state dir
+        // (not user-writable), from `precompile`; wasmtime checks its engine compatibility.
+        let loaded = match kind {
+            ProgramKind::Component => {
+                let component = unsafe { Component::deserialize_file(&self.engine, compiled) }
+                    .map_err(anyhow::Error::from)?;
+                let pre = self
+                    .component_linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| anyhow::Error::from(e).context("cannot link the component"))?;
+                Loaded::Component(
+                    CommandPre::new(pre).map_err(|e| {
+                        anyhow::Error::from(e).context("the component does not export wasi:cli/run")
+                    })?,
+                )
+            }
+            ProgramKind::Module => {
+                let module = unsafe { Module::deserialize_file(&self.engine, compiled) }
+                    .map_err(anyhow::Error::from)?;
+                if module.get_export("_start").is_none() {
+                    bail!("the module does not export `_start` (is it a wasm32-wasip1 command?)");
+                }
+                let pre = self
+                    .module_linker
+                    .instantiate_pre(&module)
+                    .map_err(|e| anyhow::Error::from(e).context("cannot link the module"))?;
+                Loaded::Module(pre)
+            }
+        };
+        Ok(loaded)
+    }
+}
+
+fn engine_config(pooling: Option<&RuntimeSizing>) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    config.async_stack_size(1 << 20);
+    config.max_wasm_stack(512 << 10);
+    if let Some(sizing) = pooling {
+        let n = sizing.max_processes;
+        let mut pool = PoolingAllocationConfig::default();
+        // A Rust wasip2 command is a handful of core instances (main module, adapter,
+        // shims) with one or two memories; size the pool with headroom.
+        pool.total_component_instances(n + 8)
+            .total_core_instances((n + 8) * 8)
+            .total_memories((n + 8) * 2)
+            .total_tables((n + 8) * 8)
+            .total_stacks(n + 8)
+            .max_memory_size(sizing.max_memory_bytes as usize);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
