@@ -48,7 +48,7 @@ impl Default for EngineOptions {
 }
 
 pub struct Engine {
-    tx: Option<Sender<Pending>>,
+    tx: Option<Sender<Vec<Pending>>>,
     thread: Option<JoinHandle<()>>,
     pool: Arc<KvPool>,
     tokenizer: Option<Arc<Tokenizer>>,
@@ -150,18 +150,35 @@ impl Engine {
     /// Queues a forward pass. Invalid requests fail here; the completion yields the outputs
     /// once the batch that finishes the request has run.
     pub fn submit(&self, req: ForwardRequest) -> Result<Completion<Result<ForwardOutput>>> {
-        req.validate(
-            self.pool.num_pages(),
-            self.pool.page_size(),
-            self.config.vocab_size,
-        )?;
-        let (done, c) = completion();
+        Ok(self.submit_all(vec![req])?.pop().expect("one request"))
+    }
+
+    /// Queues several forward passes at once: the scheduler sees them together, so they share
+    /// a batch as far as the token budget allows. All are validated before any is queued.
+    pub fn submit_all(
+        &self,
+        reqs: Vec<ForwardRequest>,
+    ) -> Result<Vec<Completion<Result<ForwardOutput>>>> {
+        for r in &reqs {
+            r.validate(
+                self.pool.num_pages(),
+                self.pool.page_size(),
+                self.config.vocab_size,
+            )?;
+        }
+        let mut pending = Vec::with_capacity(reqs.len());
+        let mut completions = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let (done, c) = completion();
+            pending.push(Pending { req, done });
+            completions.push(c);
+        }
         self.tx
             .as_ref()
             .ok_or(Error::Shutdown)?
-            .send(Pending { req, done })
+            .send(pending)
             .map_err(|_| Error::Shutdown)?;
-        Ok(c)
+        Ok(completions)
     }
 
     /// `submit` and wait.

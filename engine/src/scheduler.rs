@@ -203,7 +203,7 @@ struct Pick {
 
 pub(crate) fn run(
     mut backend: Box<dyn Backend>,
-    rx: Receiver<Pending>,
+    rx: Receiver<Vec<Pending>>,
     max_batch_tokens: usize,
     stats: Arc<EngineStats>,
 ) {
@@ -212,18 +212,12 @@ pub(crate) fn run(
     loop {
         if queues.is_empty() {
             match rx.recv() {
-                Ok(p) => queues
-                    .entry(p.req.caller)
-                    .or_default()
-                    .push_back(Active::new(p)),
+                Ok(ps) => enqueue(&mut queues, ps),
                 Err(_) => return,
             }
         }
-        while let Ok(p) = rx.try_recv() {
-            queues
-                .entry(p.req.caller)
-                .or_default()
-                .push_back(Active::new(p));
+        while let Ok(ps) = rx.try_recv() {
+            enqueue(&mut queues, ps);
         }
         let picks = pick(&queues, max_batch_tokens, turn);
         turn = turn.wrapping_add(1);
@@ -246,6 +240,15 @@ pub(crate) fn run(
             }
         }
         queues.retain(|_, q| !q.is_empty());
+    }
+}
+
+fn enqueue(queues: &mut BTreeMap<u64, VecDeque<Active>>, ps: Vec<Pending>) {
+    for p in ps {
+        queues
+            .entry(p.req.caller)
+            .or_default()
+            .push_back(Active::new(p));
     }
 }
 

@@ -127,15 +127,17 @@ pub fn matmul(
         pack_activations(a, m, w.k, &mut scratch.pairs);
     }
     let (ap, af) = (&scratch.pairs[..], &scratch.f32s[..]);
-    // Work units are pairs of 16-row blocks; a few units per thread balance uneven speeds.
-    let units = w.nb.div_ceil(2);
-    let n_tasks = units.min(pool.n_threads() * 6).max(1);
+    // Work units are four 16-row blocks (the GEMV kernel's width); a few units per thread
+    // balance threads that run at uneven speeds on a shared machine.
+    const UNIT: usize = 4;
+    let units = w.nb.div_ceil(UNIT);
+    let n_tasks = units.min(pool.n_threads() * 4).max(1);
     let per = units.div_ceil(n_tasks);
     let n_tasks = units.div_ceil(per);
     let outp = SyncPtr(out.as_mut_ptr());
     pool.run(n_tasks, &|t| {
-        let b0 = t * per * 2;
-        let b1 = ((t + 1) * per * 2).min(w.nb);
+        let b0 = t * per * UNIT;
+        let b1 = ((t + 1) * per * UNIT).min(w.nb);
         // SAFETY: tasks write disjoint column ranges [b0*16, b1*16) of `out`.
         unsafe {
             if f32_mode {
@@ -470,11 +472,12 @@ mod x86 {
         }
     }
 
-    /// One row × two blocks (GEMV, the decode case). Even and odd products go to separate
-    /// accumulators so that eight independent FMA chains hide the FMA latency; the kernel is
-    /// then limited by memory bandwidth, as it should be.
+    /// One row × four blocks (GEMV, the decode case). Each accumulator adds the even then the
+    /// odd K column, i.e. K in natural order, exactly as `tile6` does, so a row gives the same
+    /// bits alone or in a batch. Eight independent chains of two FMAs per step match the FMA
+    /// latency, so the kernel is limited by memory bandwidth, as a GEMV should be.
     #[inline(always)]
-    unsafe fn gemv2_f32_avx2(
+    unsafe fn gemv_f32_avx2<const NB: usize>(
         a: *const f32,
         kp: usize,
         w: *const Chunk,
@@ -484,48 +487,45 @@ mod x86 {
         acc: bool,
     ) {
         unsafe {
-            let mut c = [_mm256_setzero_ps(); 8];
-            let w2 = w.add(kp);
+            let mut c = [[_mm256_setzero_ps(); 2]; NB];
             for p in 0..kp {
                 let a0 = _mm256_set1_ps(*a.add(2 * p));
                 let a1 = _mm256_set1_ps(*a.add(2 * p + 1));
-                let x = widen_avx2(w.add(p));
-                let y = widen_avx2(w2.add(p));
-                c[0] = _mm256_fmadd_ps(x[0], a0, c[0]);
-                c[1] = _mm256_fmadd_ps(x[1], a1, c[1]);
-                c[2] = _mm256_fmadd_ps(x[2], a0, c[2]);
-                c[3] = _mm256_fmadd_ps(x[3], a1, c[3]);
-                c[4] = _mm256_fmadd_ps(y[0], a0, c[4]);
-                c[5] = _mm256_fmadd_ps(y[1], a1, c[5]);
-                c[6] = _mm256_fmadd_ps(y[2], a0, c[6]);
-                c[7] = _mm256_fmadd_ps(y[3], a1, c[7]);
+                for (j, cj) in c.iter_mut().enumerate() {
+                    let x = widen_avx2(w.add(j * kp + p));
+                    cj[0] = _mm256_fmadd_ps(x[1], a1, _mm256_fmadd_ps(x[0], a0, cj[0]));
+                    cj[1] = _mm256_fmadd_ps(x[3], a1, _mm256_fmadd_ps(x[2], a0, cj[1]));
+                }
             }
-            store_avx2(
-                _mm256_add_ps(c[0], c[1]),
-                _mm256_add_ps(c[2], c[3]),
-                out,
-                col0,
-                n,
-                acc,
-            );
-            store_avx2(
-                _mm256_add_ps(c[4], c[5]),
-                _mm256_add_ps(c[6], c[7]),
-                out,
-                col0 + 16,
-                n,
-                acc,
-            );
+            for (j, cj) in c.iter().enumerate() {
+                store_avx2(cj[0], cj[1], out, col0 + 16 * j, n, acc);
+            }
         }
     }
 
-    /// MR rows × one block; the same even/odd split per row so results are bit-identical to
-    /// the GEMV kernel (batch invariance).
+    /// Widens one packed block into `buf` as `[k][16]` f32 (K padded to even).
     #[inline(always)]
-    unsafe fn tile_f32_avx2<const MR: usize>(
+    unsafe fn widen_block(w: *const Chunk, kp: usize, buf: *mut f32) {
+        unsafe {
+            for p in 0..kp {
+                let x = widen_avx2(w.add(p));
+                let d = buf.add(32 * p);
+                _mm256_storeu_ps(d, x[0]);
+                _mm256_storeu_ps(d.add(8), x[2]);
+                _mm256_storeu_ps(d.add(16), x[1]);
+                _mm256_storeu_ps(d.add(24), x[3]);
+            }
+        }
+    }
+
+    /// MR (≤ 6) rows × 16 columns from a widened block: the classic 6×16 AVX2 SGEMM tile
+    /// (12 accumulators, 2 weight loads and MR broadcasts per K step).
+    #[inline(always)]
+    unsafe fn tile6<const MR: usize>(
         a: *const f32,
-        kp: usize,
-        w: *const Chunk,
+        lda: usize,
+        wb: *const f32,
+        k2: usize,
         out: *mut f32,
         ldo: usize,
         col0: usize,
@@ -533,30 +533,29 @@ mod x86 {
         acc: bool,
     ) {
         unsafe {
-            let mut c = [[_mm256_setzero_ps(); 4]; MR];
-            for p in 0..kp {
-                let x = widen_avx2(w.add(p));
+            let mut c = [[_mm256_setzero_ps(); 2]; MR];
+            for k in 0..k2 {
+                let w0 = _mm256_loadu_ps(wb.add(16 * k));
+                let w1 = _mm256_loadu_ps(wb.add(16 * k + 8));
                 for (r, cr) in c.iter_mut().enumerate() {
-                    let a0 = _mm256_set1_ps(*a.add(r * 2 * kp + 2 * p));
-                    let a1 = _mm256_set1_ps(*a.add(r * 2 * kp + 2 * p + 1));
-                    cr[0] = _mm256_fmadd_ps(x[0], a0, cr[0]);
-                    cr[1] = _mm256_fmadd_ps(x[1], a1, cr[1]);
-                    cr[2] = _mm256_fmadd_ps(x[2], a0, cr[2]);
-                    cr[3] = _mm256_fmadd_ps(x[3], a1, cr[3]);
+                    let av = _mm256_set1_ps(*a.add(r * lda + k));
+                    cr[0] = _mm256_fmadd_ps(w0, av, cr[0]);
+                    cr[1] = _mm256_fmadd_ps(w1, av, cr[1]);
                 }
             }
             for (r, cr) in c.iter().enumerate() {
-                store_avx2(
-                    _mm256_add_ps(cr[0], cr[1]),
-                    _mm256_add_ps(cr[2], cr[3]),
-                    out.add(r * ldo),
-                    col0,
-                    n,
-                    acc,
-                );
+                store_avx2(cr[0], cr[1], out.add(r * ldo), col0, n, acc);
             }
         }
     }
+
+    thread_local! {
+        static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Rows per M chunk: a chunk of activations (48 × K f32) stays in L2 while every block of
+    /// the task's column range passes over it.
+    const MC: usize = 48;
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn blocks_f32_avx2(
@@ -573,38 +572,42 @@ mod x86 {
         unsafe {
             if m == 1 {
                 let mut b = b0;
-                while b + 2 <= b1 {
-                    gemv2_f32_avx2(ap, kp, w.data.as_ptr().add(b * kp), out, b * 16, w.n, acc);
-                    b += 2;
+                while b + 4 <= b1 {
+                    gemv_f32_avx2::<4>(ap, kp, w.data.as_ptr().add(b * kp), out, b * 16, w.n, acc);
+                    b += 4;
                 }
-                if b < b1 {
-                    tile_f32_avx2::<1>(
-                        ap,
-                        kp,
-                        w.data.as_ptr().add(b * kp),
-                        out,
-                        w.n,
-                        b * 16,
-                        w.n,
-                        acc,
-                    );
+                while b < b1 {
+                    gemv_f32_avx2::<1>(ap, kp, w.data.as_ptr().add(b * kp), out, b * 16, w.n, acc);
+                    b += 1;
                 }
                 return;
             }
-            for b in b0..b1 {
-                let wp = w.data.as_ptr().add(b * kp);
-                let mut r = 0;
-                while r < m {
-                    let (a_r, o_r) = (ap.add(r * 2 * kp), out.add(r * w.n));
-                    let rows = (m - r).min(3);
-                    match rows {
-                        3 => tile_f32_avx2::<3>(a_r, kp, wp, o_r, w.n, b * 16, w.n, acc),
-                        2 => tile_f32_avx2::<2>(a_r, kp, wp, o_r, w.n, b * 16, w.n, acc),
-                        _ => tile_f32_avx2::<1>(a_r, kp, wp, o_r, w.n, b * 16, w.n, acc),
+            WIDE.with(|wide| {
+                let mut wide = wide.borrow_mut();
+                wide.resize(32 * kp, 0.0);
+                let wb = wide.as_mut_ptr();
+                let k2 = 2 * kp;
+                for m0 in (0..m).step_by(MC) {
+                    let m1 = (m0 + MC).min(m);
+                    for b in b0..b1 {
+                        widen_block(w.data.as_ptr().add(b * kp), kp, wb);
+                        let mut r = m0;
+                        while r < m1 {
+                            let (a_r, o_r) = (ap.add(r * k2), out.add(r * w.n));
+                            let rows = (m1 - r).min(6);
+                            match rows {
+                                6 => tile6::<6>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                5 => tile6::<5>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                4 => tile6::<4>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                3 => tile6::<3>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                2 => tile6::<2>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                _ => tile6::<1>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                            }
+                            r += rows;
+                        }
                     }
-                    r += rows;
                 }
-            }
+            });
         }
     }
 

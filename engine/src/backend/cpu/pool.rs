@@ -69,9 +69,11 @@ impl Shared {
     }
 
     fn run_claimed(&self, mut i: usize) {
-        // SAFETY: a task of the current epoch is claimed; see the module docs.
-        let job = unsafe { &*(self.job.load(Acquire) as *const Job) };
         loop {
+            // Reloaded for every task: after the last task of one job, `claim` may succeed on
+            // the next job, whose closure is a different one.
+            // SAFETY: a task of the current epoch is claimed; see the module docs.
+            let job = unsafe { &*(self.job.load(Acquire) as *const Job) };
             if catch_unwind(AssertUnwindSafe(|| (job.f)(i))).is_err() {
                 self.panicked.store(true, SeqCst);
             }
