@@ -141,7 +141,7 @@ impl Config {
             // span-based rendering is easy to miss in a journal line.
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             match line {
                 Some(line) => anyhow::anyhow!("line {line}: {}", e.message()),
                 None => anyhow::anyhow!("{}", e.message()),
@@ -200,7 +200,10 @@ impl Config {
             return Err(err(
                 "limits.default",
                 "deadline_ms",
-                format!("must be within [limits.max] deadline_ms = {}", m.deadline_ms),
+                format!(
+                    "must be within [limits.max] deadline_ms = {}",
+                    m.deadline_ms
+                ),
             ));
         }
         Ok(())

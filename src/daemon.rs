@@ -7,14 +7,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use proto::{
-    ErrorCode, ErrorReply, LaunchSpec, Limits, ProcessInfo, ProcessState, StdinMode,
-};
+use proto::{ErrorCode, ErrorReply, LaunchSpec, Limits, ProcessInfo, ProcessState, StdinMode};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{Config, within};
-use crate::programs::{ProgramStore, StoreError};
 use crate::procs::{Process, ProcessTable};
+use crate::programs::{ProgramStore, StoreError};
 use crate::runtime::{ProcessIo, Runtime, RuntimeSizing};
 use crate::tenancy::Caller;
 use crate::util::unix_ms;
@@ -115,7 +113,9 @@ impl Daemon {
             Some(p) if caller.may_access(p.owner) => Ok(p),
             Some(_) if caller.uid != 0 => Err(err(
                 ErrorCode::PermissionDenied,
-                format!("process {id} belongs to another user (only its owner, root or the admin group may act on it)"),
+                format!(
+                    "process {id} belongs to another user (only its owner, root or the admin group may act on it)"
+                ),
             )),
             _ => Err(err(ErrorCode::NotFound, format!("no process {id}"))),
         }
@@ -134,8 +134,14 @@ impl Daemon {
         let over = |what: &str, asked: u64, max: u64| {
             err(
                 ErrorCode::LimitExceeded,
-                format!("{what} {} is above the daemon's maximum of {max} ([limits.max])",
-                    if asked == 0 { "unlimited".to_string() } else { asked.to_string() }),
+                format!(
+                    "{what} {} is above the daemon's maximum of {max} ([limits.max])",
+                    if asked == 0 {
+                        "unlimited".to_string()
+                    } else {
+                        asked.to_string()
+                    }
+                ),
             )
         };
         if !within(l.fuel, m.fuel) {
@@ -152,10 +158,15 @@ impl Daemon {
 
     pub async fn launch(self: &Arc<Self>, caller: &Caller, spec: LaunchSpec) -> OpResult<u64> {
         if self.is_draining() {
-            return Err(err(ErrorCode::ShuttingDown, "the daemon is shutting down; launch refused"));
+            return Err(err(
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down; launch refused",
+            ));
         }
         let config = self.config();
-        let program = self.programs.resolve(&spec.program, caller.uid, caller.admin)?;
+        let program = self
+            .programs
+            .resolve(&spec.program, caller.uid, caller.admin)?;
         let limits = self.limits_for(&config, &spec.limits)?;
         let scratch = if spec.fs {
             if !config.runtime.allow_fs {
@@ -207,7 +218,10 @@ impl Daemon {
             stdin_open: keep_open.is_some(),
             fuel_used: None,
         };
-        let process = match self.procs.create(info, keep_open, config.daemon.event_ring_bytes) {
+        let process = match self
+            .procs
+            .create(info, keep_open, config.daemon.event_ring_bytes)
+        {
             Ok(p) => p,
             Err(e) => {
                 self.running.fetch_sub(1, Ordering::SeqCst);
@@ -257,7 +271,10 @@ impl Daemon {
     pub fn kill(&self, caller: &Caller, id: u64) -> OpResult<()> {
         let p = self.process(caller, id)?;
         if !p.is_running() {
-            return Err(err(ErrorCode::BadRequest, format!("process {id} has already ended")));
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("process {id} has already ended"),
+            ));
         }
         p.control.kill(&format!("by uid {}", caller.uid));
         Ok(())
@@ -267,9 +284,17 @@ impl Daemon {
     /// processes keep theirs. Settings that need a restart must not change.
     pub fn reload(&self) -> OpResult<()> {
         let Some(path) = &self.config_path else {
-            return Err(err(ErrorCode::BadRequest, "pied was started without a config file; nothing to reload"));
+            return Err(err(
+                ErrorCode::BadRequest,
+                "pied was started without a config file; nothing to reload",
+            ));
         };
-        let new = Config::load(path).map_err(|e| err(ErrorCode::InvalidConfig, format!("{e:#}; the old config stays in force")))?;
+        let new = Config::load(path).map_err(|e| {
+            err(
+                ErrorCode::InvalidConfig,
+                format!("{e:#}; the old config stays in force"),
+            )
+        })?;
         let old = self.config();
         let mut fixed = Vec::new();
         if new.runtime.max_processes != self.sizing.max_processes {
@@ -287,7 +312,10 @@ impl Daemon {
         if !fixed.is_empty() {
             return Err(err(
                 ErrorCode::InvalidConfig,
-                format!("{} cannot change without a restart; the old config stays in force", fixed.join(", ")),
+                format!(
+                    "{} cannot change without a restart; the old config stays in force",
+                    fixed.join(", ")
+                ),
             ));
         }
         *self.config.write().unwrap() = Arc::new(new);

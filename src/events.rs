@@ -158,7 +158,12 @@ impl EventLog {
             }
             let ring_start = inner.ring.front().map_or(inner.next_seq, |e| e.seq);
             if from >= ring_start || inner.file.is_none() {
-                return inner.ring.iter().filter(|e| e.seq >= from).cloned().collect();
+                return inner
+                    .ring
+                    .iter()
+                    .filter(|e| e.seq >= from)
+                    .cloned()
+                    .collect();
             }
         }
         let mut events = read_file(&self.path);

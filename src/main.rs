@@ -26,7 +26,11 @@ use config::{Config, DEFAULT_CONFIG_PATH};
 use daemon::Daemon;
 
 #[derive(Parser)]
-#[command(name = "pied", version, about = "Programmable LLM inference daemon: runs sandboxed WebAssembly inferlets")]
+#[command(
+    name = "pied",
+    version,
+    about = "Programmable LLM inference daemon: runs sandboxed WebAssembly inferlets"
+)]
 struct Cli {
     /// Config file [default: /etc/pie/pied.toml when it exists, else built-in defaults]
     #[arg(long, global = true)]
@@ -82,7 +86,9 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(Command::CheckConfig) = cli.command {
         println!(
             "config {} is valid",
-            config_path.as_deref().map_or("(built-in defaults)".into(), |p| p.display().to_string())
+            config_path
+                .as_deref()
+                .map_or("(built-in defaults)".into(), |p| p.display().to_string())
         );
         return Ok(());
     }

@@ -134,7 +134,9 @@ impl ProgramStore {
             for ext in ["wasm", "cwasm", "json"] {
                 let _ = std::fs::remove_file(self.path(&sha, ext));
             }
-            return Err(StoreError::Io(e.context("cannot write to the program store")));
+            return Err(StoreError::Io(
+                e.context("cannot write to the program store"),
+            ));
         }
         Ok(self.info(&sha, &meta))
     }
@@ -192,8 +194,14 @@ impl ProgramStore {
 
     /// Resolves a full sha256, a unique prefix of one, or a name (the newest upload with
     /// that name wins) among the programs the caller may use.
-    pub fn resolve(&self, reference: &str, uid: u32, admin: bool) -> Result<ProgramInfo, StoreError> {
-        let is_hex = reference.len() >= MIN_PREFIX && reference.bytes().all(|b| b.is_ascii_hexdigit());
+    pub fn resolve(
+        &self,
+        reference: &str,
+        uid: u32,
+        admin: bool,
+    ) -> Result<ProgramInfo, StoreError> {
+        let is_hex =
+            reference.len() >= MIN_PREFIX && reference.bytes().all(|b| b.is_ascii_hexdigit());
         if reference.len() == 64 && is_hex {
             if let Ok(meta) = self.meta(reference) {
                 if admin || meta.owners.contains(&uid) {
@@ -212,8 +220,10 @@ impl ProgramStore {
         }
         if is_hex {
             let lower = reference.to_ascii_lowercase();
-            let hits: Vec<&(String, Meta)> =
-                visible.iter().filter(|(s, _)| s.starts_with(&lower)).collect();
+            let hits: Vec<&(String, Meta)> = visible
+                .iter()
+                .filter(|(s, _)| s.starts_with(&lower))
+                .collect();
             match hits.as_slice() {
                 [(sha, meta)] => return Ok(self.info(sha, meta)),
                 [] => {}
@@ -257,7 +267,12 @@ impl ProgramStore {
 
     /// Removes a program for a caller: its owners lose it; the files go when no owner is
     /// left (admins remove it outright). Running processes keep their loaded copy.
-    pub async fn remove(&self, reference: &str, uid: u32, admin: bool) -> Result<ProgramInfo, StoreError> {
+    pub async fn remove(
+        &self,
+        reference: &str,
+        uid: u32,
+        admin: bool,
+    ) -> Result<ProgramInfo, StoreError> {
         let _guard = self.write_lock.lock().await;
         let info = self.resolve(reference, uid, admin)?;
         let mut meta = self
@@ -280,7 +295,8 @@ impl ProgramStore {
                 }
             }
         } else {
-            self.write_meta(&info.sha256, &meta).map_err(StoreError::Io)?;
+            self.write_meta(&info.sha256, &meta)
+                .map_err(StoreError::Io)?;
         }
         Ok(info)
     }

@@ -43,7 +43,10 @@ pub fn reloading() {
 }
 
 pub fn stopping() {
-    notify(&[NotifyState::Stopping, NotifyState::Status("draining: stopping")]);
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("draining: stopping"),
+    ]);
 }
 
 pub fn status(text: &str) {
@@ -60,7 +63,9 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// runtime runs: a wedged runtime stops the pings and systemd restarts pied.
 pub async fn keepalive(daemon: std::sync::Arc<Daemon>) {
     let watchdog = watchdog_interval();
-    let period = watchdog.map_or(Duration::from_secs(5), |w| (w / 2).min(Duration::from_secs(5)));
+    let period = watchdog.map_or(Duration::from_secs(5), |w| {
+        (w / 2).min(Duration::from_secs(5))
+    });
     let mut last = String::new();
     loop {
         tokio::time::sleep(period).await;

@@ -59,8 +59,19 @@ fn fs_is_refused_when_the_config_disallows_it() {
 #[test]
 fn without_the_grant_there_is_no_filesystem() {
     let pied = Pied::start("[runtime]\nallow_fs = true\n");
-    let out = pied.ctl(&["launch", path_str(&guest("fs")), "--", "write", "/scratch/x", "y"]);
+    let out = pied.ctl(&[
+        "launch",
+        path_str(&guest("fs")),
+        "--",
+        "write",
+        "/scratch/x",
+        "y",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("error:"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("error:"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(!pied.state.join("scratch/root/x").exists());
 }

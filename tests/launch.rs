@@ -13,16 +13,23 @@ fn hello_component_gets_args_and_nothing_else() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("hello from pied"), "{stdout}");
-    assert!(stdout.contains(r#"args: ["a", "b c", "--exit", "0"]"#), "{stdout}");
+    assert!(
+        stdout.contains(r#"args: ["a", "b c", "--exit", "0"]"#),
+        "{stdout}"
+    );
     // No environment leaks into the sandbox.
     assert!(stdout.contains("env vars: 0"), "{stdout}");
     assert!(text(&out.stderr).contains("this line goes to stderr"));
 }
 
 #[test]
-fn exit_code_is_passed_through() {
+fn exit_status_is_passed_through() {
     let pied = Pied::start("");
+    // Rust's wasip2 std reports a nonzero exit through `wasi:cli/exit.exit(err)`, which
+    // carries failure but no code: pie-ctl exits 1. Core modules keep the code.
     let out = pied.ctl(&["launch", path_str(&guest("hello")), "--", "--exit", "7"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = pied.ctl(&["launch", path_str(&guest_p1("hello")), "--", "--exit", "7"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
 }
 
@@ -42,11 +49,21 @@ fn word_count_through_stdin_detached() {
 #[test]
 fn wasip1_core_module_runs() {
     let pied = Pied::start("");
-    let out = pied.ctl(&["launch", path_str(&guest_p1("hello")), "--", "p1", "--exit", "4"]);
+    let out = pied.ctl(&[
+        "launch",
+        path_str(&guest_p1("hello")),
+        "--",
+        "p1",
+        "--exit",
+        "4",
+    ]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("hello from pied"), "{stdout}");
-    assert!(stdout.contains(r#"args: ["p1", "--exit", "4"]"#), "{stdout}");
+    assert!(
+        stdout.contains(r#"args: ["p1", "--exit", "4"]"#),
+        "{stdout}"
+    );
     let out = pied.ctl(&["programs", "ls", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["kind"], "Module");
@@ -101,7 +118,11 @@ fn program_store_is_content_addressed_and_cached() {
     let hello = guest("hello");
     let out = pied.ctl(&["programs", "add", path_str(&hello)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let sha = text(&out.stdout).split_whitespace().next().unwrap().to_string();
+    let sha = text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(sha.len(), 64);
     assert!(pied.state.join(format!("programs/{sha}.wasm")).exists());
     assert!(pied.state.join(format!("programs/{sha}.cwasm")).exists());
@@ -117,7 +138,11 @@ fn program_store_is_content_addressed_and_cached() {
     assert!(!pied.state.join(format!("programs/{sha}.wasm")).exists());
     let out = pied.ctl(&["launch", "hello"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("no program \"hello\""), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no program \"hello\""),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -127,21 +152,37 @@ fn invalid_programs_are_refused_clearly() {
     std::fs::write(&junk, b"#!/bin/sh\necho not wasm\n").unwrap();
     let out = pied.ctl(&["launch", path_str(&junk)]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("not a WebAssembly binary"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a WebAssembly binary"),
+        "{}",
+        text(&out.stderr)
+    );
     // Right header, broken body.
     let broken = pied.dir.join("broken.wasm");
     std::fs::write(&broken, b"\0asm\x01\0\0\0\x01\xff\xff\xff").unwrap();
     let out = pied.ctl(&["launch", path_str(&broken)]);
-    assert!(text(&out.stderr).contains("invalid program"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid program"),
+        "{}",
+        text(&out.stderr)
+    );
     // Too large for the configured cap.
     let big = pied.dir.join("big.wasm");
     let mut bytes = b"\0asm\x01\0\0\0".to_vec();
     bytes.resize(300_000, 0);
     std::fs::write(&big, bytes).unwrap();
     let out = pied.ctl(&["launch", path_str(&big)]);
-    assert!(text(&out.stderr).contains("max_program_bytes"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("max_program_bytes"),
+        "{}",
+        text(&out.stderr)
+    );
     // The daemon still serves.
-    assert!(pied.ctl(&["launch", path_str(&guest("hello"))]).status.success());
+    assert!(
+        pied.ctl(&["launch", path_str(&guest("hello"))])
+            .status
+            .success()
+    );
 }
 
 #[test]

@@ -11,7 +11,11 @@ use common::*;
 fn invalid_config_names_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "[daemon]\nsocket = \"/tmp/x.sock\"\n\n[runtime]\nmax_procesess = 3\n").unwrap();
+    std::fs::write(
+        &config,
+        "[daemon]\nsocket = \"/tmp/x.sock\"\n\n[runtime]\nmax_procesess = 3\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(pied_bin())
         .arg("--config")
         .arg(&config)
@@ -19,7 +23,10 @@ fn invalid_config_names_key_and_line() {
         .unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("line 5") && err.contains("max_procesess"), "{err}");
+    assert!(
+        err.contains("line 5") && err.contains("max_procesess"),
+        "{err}"
+    );
     // check-config says the same without starting.
     let out = std::process::Command::new(pied_bin())
         .args(["--config", path_str(&config), "check-config"])
@@ -37,7 +44,11 @@ fn reload_changes_grants_keeps_processes_and_refuses_bad_configs() {
     assert!(text(&out.stderr).contains("allow_fs = false"));
 
     // Grant the filesystem and reload.
-    std::fs::write(&pied.config, config_text(&pied.dir, "[runtime]\nallow_fs = true\n")).unwrap();
+    std::fs::write(
+        &pied.config,
+        config_text(&pied.dir, "[runtime]\nallow_fs = true\n"),
+    )
+    .unwrap();
     let out = pied.ctl(&["reload"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = pied.ctl(&["launch", "--fs", path_str(&fs_wasm), "--", "ls", "/scratch"]);
@@ -45,23 +56,38 @@ fn reload_changes_grants_keeps_processes_and_refuses_bad_configs() {
     assert_eq!(pied.inspect(sleeper)["state"], "Running");
 
     // An invalid config is refused and the old one stays.
-    std::fs::write(&pied.config, config_text(&pied.dir, "[runtime]\nallow_fs = maybe\n")).unwrap();
+    std::fs::write(
+        &pied.config,
+        config_text(&pied.dir, "[runtime]\nallow_fs = maybe\n"),
+    )
+    .unwrap();
     let out = pied.ctl(&["reload"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("old config stays in force"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("old config stays in force"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = pied.ctl(&["launch", "--fs", path_str(&fs_wasm), "--", "ls", "/scratch"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     // SIGHUP reloads too.
     std::fs::write(&pied.config, config_text(&pied.dir, "")).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pied.pid()), nix::sys::signal::Signal::SIGHUP).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pied.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
     let start = Instant::now();
     loop {
         let out = pied.ctl(&["launch", "--fs", path_str(&fs_wasm), "--", "ls", "/scratch"]);
         if text(&out.stderr).contains("allow_fs = false") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "SIGHUP did not reload");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGHUP did not reload"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(pied.inspect(sleeper)["state"], "Running");
@@ -93,7 +119,10 @@ fn sigterm_drains_then_kills_and_restart_keeps_state() {
     assert!(logs.contains(r#"args: ["kept"]"#), "{logs}");
     assert_eq!(pied.inspect(quick)["state"]["Exited"]["Code"], 0);
     let stuck_info = pied.inspect(stuck);
-    let reason = stuck_info["state"]["Exited"]["Killed"].as_str().unwrap_or_default().to_string();
+    let reason = stuck_info["state"]["Exited"]["Killed"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(reason.contains("daemon shutdown"), "{stuck_info}");
     // Following an ended process's log after a restart ends with its exit.
     let out = pied.ctl(&["logs", "-f", &stuck.to_string()]);
@@ -111,7 +140,11 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("already serving"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already serving"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(pied.ctl(&["status"]).status.success());
 }
 
@@ -133,7 +166,11 @@ fn other_uids_see_only_their_own_processes() {
     for cmd in ["kill", "inspect", "logs"] {
         let out = pied.ctl_as(nobody, &[cmd, &root_proc.to_string()]);
         assert!(!out.status.success(), "{cmd} should be refused");
-        assert!(text(&out.stderr).contains("belongs to another user"), "{cmd}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("belongs to another user"),
+            "{cmd}: {}",
+            text(&out.stderr)
+        );
     }
     let out = pied.ctl_as(nobody, &["reload"]);
     assert!(text(&out.stderr).contains("only root or the admin group"));

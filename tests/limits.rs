@@ -9,7 +9,11 @@ use common::*;
 
 fn assert_still_serves(pied: &Pied) {
     let out = pied.ctl(&["launch", path_str(&guest("hello"))]);
-    assert!(out.status.success(), "daemon stopped serving: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "daemon stopped serving: {}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -18,7 +22,11 @@ fn busy_loop_is_stopped_by_its_deadline() {
     let start = Instant::now();
     let out = pied.ctl(&["launch", "--deadline", "300ms", path_str(&guest("spin"))]);
     assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("deadline exceeded (300 ms)"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("deadline exceeded (300 ms)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_still_serves(&pied);
 }
@@ -34,14 +42,22 @@ fn kill_stops_a_busy_loop_at_once() {
     let out = pied.ctl(&["kill", &id.to_string()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let info = pied.wait_exit(id);
-    assert!(start.elapsed() < Duration::from_secs(2), "kill took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "kill took {:?}",
+        start.elapsed()
+    );
     assert!(info["state"]["Exited"]["Killed"].is_string(), "{info}");
     // A follower of the killed process gets its end and pie-ctl exits 137.
     let out = pied.ctl(&["attach", &id.to_string()]);
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
     // Killing it again is a clear error.
     let out = pied.ctl(&["kill", &id.to_string()]);
-    assert!(text(&out.stderr).contains("already ended"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already ended"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_still_serves(&pied);
 }
 
@@ -66,7 +82,11 @@ fn memory_hog_is_stopped_by_its_cap() {
         text(&out.stderr)
     );
     // It got close to the cap before it was stopped.
-    assert!(text(&out.stdout).contains("16 MiB"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("16 MiB"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_still_serves(&pied);
 }
 
@@ -75,7 +95,11 @@ fn fuel_runs_out() {
     let pied = Pied::start("");
     let out = pied.ctl(&["launch", "--fuel", "5000000", path_str(&guest("spin"))]);
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("fuel exhausted (5000000 units)"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("fuel exhausted (5000000 units)"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -85,19 +109,33 @@ fn trap_ends_only_that_process() {
     let out = pied.ctl(&["launch", path_str(&guest("trap"))]);
     assert_eq!(out.status.code(), Some(134), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("about to trap"));
-    assert!(text(&out.stderr).contains("unreachable"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unreachable"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(pied.inspect(sleeper)["state"], "Running");
     assert_still_serves(&pied);
 }
 
 #[test]
 fn limits_above_the_maximum_are_refused() {
-    let pied = Pied::start("[limits.max]\nmemory_mib = 64\ndeadline_ms = 60000\n[limits.default]\nmemory_mib = 32\ndeadline_ms = 1000\n");
+    let pied = Pied::start(
+        "[limits.max]\nmemory_mib = 64\ndeadline_ms = 60000\n[limits.default]\nmemory_mib = 32\ndeadline_ms = 1000\n",
+    );
     let out = pied.ctl(&["launch", "--memory", "128M", path_str(&guest("hello"))]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("above the daemon's maximum"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("above the daemon's maximum"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = pied.ctl(&["launch", "--deadline", "0", path_str(&guest("hello"))]);
-    assert!(text(&out.stderr).contains("deadline (ms) unlimited"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("deadline (ms) unlimited"),
+        "{}",
+        text(&out.stderr)
+    );
     // The configured default deadline applies when none is asked for.
     let out = pied.ctl(&["launch", path_str(&guest("spin"))]);
     assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
@@ -110,7 +148,11 @@ fn process_cap_is_enforced() {
     let _b = pied.launch_detached(&[path_str(&guest("sleep"))]);
     let out = pied.ctl(&["launch", "-d", path_str(&guest("sleep"))]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("max_processes"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("max_processes"),
+        "{}",
+        text(&out.stderr)
+    );
     // A slot frees up when a process ends.
     pied.ctl(&["kill", &a.to_string()]);
     pied.wait_exit(a);

@@ -8,9 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::*;
-use proto::{
-    ClientHello, ErrorCode, HelloReply, Request, RequestBody, Response, ResponseBody,
-};
+use proto::{ClientHello, ErrorCode, HelloReply, Request, RequestBody, Response, ResponseBody};
 
 fn connect(pied: &Pied) -> UnixStream {
     let s = UnixStream::connect(&pied.socket).unwrap();
@@ -121,7 +119,14 @@ fn broken_clients_get_errors_and_others_keep_working() {
 
     // Through all this the daemon served everyone else.
     let mut s = handshaken(&pied);
-    proto::write_frame(&mut s, &Request { id: 5, body: RequestBody::Inspect { id: sleeper } }).unwrap();
+    proto::write_frame(
+        &mut s,
+        &Request {
+            id: 5,
+            body: RequestBody::Inspect { id: sleeper },
+        },
+    )
+    .unwrap();
     let r = read_response(&mut s);
     assert_eq!(r.id, 5);
     assert!(matches!(r.body, ResponseBody::Process(p) if p.state.is_running()));
@@ -159,8 +164,22 @@ fn many_clients_in_parallel_while_one_misbehaves() {
 fn requests_are_answered_by_id_and_unknown_ids_get_errors() {
     let pied = Pied::start("");
     let mut s = handshaken(&pied);
-    proto::write_frame(&mut s, &Request { id: 41, body: RequestBody::Kill { id: 999 } }).unwrap();
-    proto::write_frame(&mut s, &Request { id: 42, body: RequestBody::Status }).unwrap();
+    proto::write_frame(
+        &mut s,
+        &Request {
+            id: 41,
+            body: RequestBody::Kill { id: 999 },
+        },
+    )
+    .unwrap();
+    proto::write_frame(
+        &mut s,
+        &Request {
+            id: 42,
+            body: RequestBody::Status,
+        },
+    )
+    .unwrap();
     let r = read_response(&mut s);
     assert_eq!(r.id, 41);
     match r.body {

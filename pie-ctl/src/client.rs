@@ -58,9 +58,7 @@ impl Client {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                     "is pied running? pick the socket with --socket or PIE_SOCKET"
                 }
-                std::io::ErrorKind::PermissionDenied => {
-                    "are you in the pie-admin group (or root)?"
-                }
+                std::io::ErrorKind::PermissionDenied => "are you in the pie-admin group (or root)?",
                 _ => "is pied running?",
             };
             anyhow!("cannot connect to pied at {}: {e} ({hint})", path.display())

@@ -10,18 +10,27 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use proto::{
-    ErrorCode, Event, EventKind, ExitStatus, LaunchSpec, LimitOverrides, RequestBody,
-    ResponseBody, StdinMode,
+    ErrorCode, Event, EventKind, ExitStatus, LaunchSpec, LimitOverrides, RequestBody, ResponseBody,
+    StdinMode,
 };
 use sha2::{Digest, Sha256};
 
 use client::{Client, DaemonError};
 
 #[derive(Parser)]
-#[command(name = "pie-ctl", version, about = "Administer the pied inference daemon")]
+#[command(
+    name = "pie-ctl",
+    version,
+    about = "Administer the pied inference daemon"
+)]
 struct Cli {
     /// Admin socket of pied
-    #[arg(long, global = true, env = "PIE_SOCKET", default_value = "/run/pied.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "PIE_SOCKET",
+        default_value = "/run/pied.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -218,7 +227,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 render::programs(&list, json)?;
             }
             ProgramsCommand::Add { file } => {
-                let info = upload(&mut client, &file, &std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?)?;
+                let info = upload(
+                    &mut client,
+                    &file,
+                    &std::fs::read(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?,
+                )?;
                 println!("{}  {}", info.sha256, info.name);
             }
             ProgramsCommand::Rm { program } => {
@@ -267,7 +281,8 @@ fn upload(client: &mut Client, path: &Path, wasm: &[u8]) -> Result<proto::Progra
 }
 
 fn is_code(e: &anyhow::Error, code: ErrorCode) -> bool {
-    e.downcast_ref::<DaemonError>().is_some_and(|d| d.0.code == code)
+    e.downcast_ref::<DaemonError>()
+        .is_some_and(|d| d.0.code == code)
 }
 
 fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
@@ -282,7 +297,8 @@ fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
     // does not have it yet, so repeated launches send 64 bytes, not the program.
     let local = Path::new(&args.program);
     let file = if local.is_file() {
-        let wasm = std::fs::read(local).with_context(|| format!("cannot read {}", local.display()))?;
+        let wasm =
+            std::fs::read(local).with_context(|| format!("cannot read {}", local.display()))?;
         Some(wasm)
     } else {
         None
@@ -315,7 +331,16 @@ fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
-    follow(client, id, args.interactive, RequestBody::Logs { id, follow: true, tail: None })
+    follow(
+        client,
+        id,
+        args.interactive,
+        RequestBody::Logs {
+            id,
+            follow: true,
+            tail: None,
+        },
+    )
 }
 
 fn launched_id(r: ResponseBody) -> Result<u64> {
@@ -329,12 +354,22 @@ fn attach(client: &mut Client, id: u64, forward_stdin: bool) -> Result<ExitCode>
     let open = client
         .call(RequestBody::Inspect { id })
         .map(|r| matches!(r, ResponseBody::Process(p) if p.stdin_open))?;
-    follow(client, id, forward_stdin && open, RequestBody::Attach { id })
+    follow(
+        client,
+        id,
+        forward_stdin && open,
+        RequestBody::Attach { id },
+    )
 }
 
 /// Streams a process's events to this terminal, optionally forwarding stdin, and turns
 /// its end into pie-ctl's exit code.
-fn follow(client: &mut Client, id: u64, forward_stdin: bool, request: RequestBody) -> Result<ExitCode> {
+fn follow(
+    client: &mut Client,
+    id: u64,
+    forward_stdin: bool,
+    request: RequestBody,
+) -> Result<ExitCode> {
     if forward_stdin {
         let sender = client.sender();
         std::thread::spawn(move || {
@@ -348,7 +383,10 @@ fn follow(client: &mut Client, id: u64, forward_stdin: bool, request: RequestBod
                     }
                     Ok(n) => {
                         if sender
-                            .send(RequestBody::Stdin { id, data: buf[..n].to_vec() })
+                            .send(RequestBody::Stdin {
+                                id,
+                                data: buf[..n].to_vec(),
+                            })
                             .is_err()
                         {
                             return;

@@ -33,17 +33,30 @@ pub fn status(s: &DaemonStatus, json: bool) -> Result<()> {
     if json {
         return print_json(s);
     }
-    println!("pied {} (protocol {}), pid {}", s.server_version, s.protocol_version, s.pid);
+    println!(
+        "pied {} (protocol {}), pid {}",
+        s.server_version, s.protocol_version, s.pid
+    );
     println!("uptime:      {}s", s.uptime_ms / 1000);
     println!("socket:      {}", s.socket);
     println!("state dir:   {}", s.state_dir);
-    println!("config:      {}", s.config.as_deref().unwrap_or("(built-in defaults)"));
+    println!(
+        "config:      {}",
+        s.config.as_deref().unwrap_or("(built-in defaults)")
+    );
     println!(
         "processes:   {} running, {} ended, at most {} at once",
         s.running, s.exited, s.max_processes
     );
     println!("programs:    {}", s.programs);
-    println!("filesystem:  {}", if s.allow_fs { "allowed (--fs)" } else { "disabled" });
+    println!(
+        "filesystem:  {}",
+        if s.allow_fs {
+            "allowed (--fs)"
+        } else {
+            "disabled"
+        }
+    );
     println!("defaults:    {}", limits(&s.default_limits));
     println!("maxima:      {}", limits(&s.max_limits));
     println!(
@@ -97,7 +110,10 @@ pub fn processes(list: &[ProcessInfo], json: bool) -> Result<()> {
     if json {
         return print_json(&list);
     }
-    println!("{:<8} {:<10} {:<16} {:<24} ARGS", "ID", "TENANT", "PROGRAM", "STATE");
+    println!(
+        "{:<8} {:<10} {:<16} {:<24} ARGS",
+        "ID", "TENANT", "PROGRAM", "STATE"
+    );
     for p in list {
         println!(
             "{:<8} {:<10} {:<16} {:<24} {}",
@@ -122,11 +138,17 @@ pub fn process(p: &ProcessInfo, json: bool) -> Result<()> {
     println!("state:     {}", state(&p.state));
     println!("started:   {} (unix ms)", p.started_unix_ms);
     if let Some(end) = p.ended_unix_ms {
-        println!("ended:     {end} (unix ms, ran {} ms)", end.saturating_sub(p.started_unix_ms));
+        println!(
+            "ended:     {end} (unix ms, ran {} ms)",
+            end.saturating_sub(p.started_unix_ms)
+        );
     }
     println!("limits:    {}", limits(&p.limits));
     println!("fs:        {}", if p.fs { "/scratch" } else { "none" });
-    println!("stdin:     {}", if p.stdin_open { "open" } else { "closed" });
+    println!(
+        "stdin:     {}",
+        if p.stdin_open { "open" } else { "closed" }
+    );
     if let Some(f) = p.fuel_used {
         println!("fuel used: {f}");
     }
@@ -137,7 +159,10 @@ pub fn programs(list: &[ProgramInfo], json: bool) -> Result<()> {
     if json {
         return print_json(&list);
     }
-    println!("{:<14} {:<20} {:<10} {:>10}  COMPILED", "SHA256", "NAME", "KIND", "SIZE");
+    println!(
+        "{:<14} {:<20} {:<10} {:>10}  COMPILED",
+        "SHA256", "NAME", "KIND", "SIZE"
+    );
     for p in list {
         println!(
             "{:<14} {:<20} {:<10} {:>10}  {}",

@@ -23,9 +23,15 @@ pub enum FrameError {
     /// The peer closed the connection cleanly between two frames.
     Closed,
     /// The length prefix announces more than the limit allows.
-    TooLarge { len: usize, limit: usize },
+    TooLarge {
+        len: usize,
+        limit: usize,
+    },
     /// The connection ended in the middle of a frame.
-    Truncated { expected: usize, got: usize },
+    Truncated {
+        expected: usize,
+        got: usize,
+    },
     /// The payload is not a valid encoding of the expected message.
     Malformed(String),
     Io(io::Error),
@@ -165,7 +171,10 @@ mod tests {
         ));
         assert!(matches!(
             read_frame(&mut &[1u8, 0][..], MAX_FRAME),
-            Err(FrameError::Truncated { expected: 4, got: 2 })
+            Err(FrameError::Truncated {
+                expected: 4,
+                got: 2
+            })
         ));
         assert!(matches!(
             read_frame(&mut &[][..], MAX_FRAME),

@@ -18,8 +18,8 @@ mod frame;
 mod messages;
 
 pub use frame::{
-    FrameError, HANDSHAKE_FRAME_LIMIT, MAX_FRAME, check_len, decode_payload, encode_frame, read_frame,
-    write_frame,
+    FrameError, HANDSHAKE_FRAME_LIMIT, MAX_FRAME, check_len, decode_payload, encode_frame,
+    read_frame, write_frame,
 };
 pub use messages::*;
 

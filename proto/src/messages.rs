@@ -125,7 +125,9 @@ pub enum ResponseBody {
     Status(DaemonStatus),
     Version(VersionInfo),
     Uploaded(ProgramInfo),
-    Launched { id: u64 },
+    Launched {
+        id: u64,
+    },
     Processes(Vec<ProcessInfo>),
     Process(ProcessInfo),
     Event(Event),
@@ -273,9 +275,15 @@ pub enum ExitStatus {
     Trap(String),
     /// Stopped by `kill` (or by the daemon's shutdown after its grace period).
     Killed(String),
-    DeadlineExceeded { deadline_ms: u64 },
-    FuelExhausted { fuel: u64 },
-    MemoryLimit { limit_bytes: u64 },
+    DeadlineExceeded {
+        deadline_ms: u64,
+    },
+    FuelExhausted {
+        fuel: u64,
+    },
+    MemoryLimit {
+        limit_bytes: u64,
+    },
     /// The program could not be started (link error, instantiation failure, ...).
     Failed(String),
     /// The daemon stopped while the process ran and could not record its end.

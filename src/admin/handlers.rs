@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use proto::{
-    DaemonStatus, ErrorCode, EventKind, Request, RequestBody, ResponseBody, VersionInfo,
-};
+use proto::{DaemonStatus, ErrorCode, EventKind, Request, RequestBody, ResponseBody, VersionInfo};
 use tokio::sync::watch;
 
 use super::{FEATURES, Replies};
@@ -24,8 +22,15 @@ pub async fn dispatch(
 ) -> std::io::Result<()> {
     let id = request.id;
     let body = match request.body {
-        RequestBody::Logs { id: pid, follow, tail } => {
-            return start_stream(daemon, caller, id, pid, follow, tail, false, replies, closed).await;
+        RequestBody::Logs {
+            id: pid,
+            follow,
+            tail,
+        } => {
+            return start_stream(
+                daemon, caller, id, pid, follow, tail, false, replies, closed,
+            )
+            .await;
         }
         RequestBody::Attach { id: pid } => {
             return start_stream(daemon, caller, id, pid, true, None, true, replies, closed).await;
@@ -36,7 +41,11 @@ pub async fn dispatch(
     replies.reply(id, body).await
 }
 
-async fn handle(daemon: &Arc<Daemon>, caller: &Caller, body: RequestBody) -> OpResult<ResponseBody> {
+async fn handle(
+    daemon: &Arc<Daemon>,
+    caller: &Caller,
+    body: RequestBody,
+) -> OpResult<ResponseBody> {
     Ok(match body {
         RequestBody::Status => ResponseBody::Status(status(daemon, caller)),
         RequestBody::Version => ResponseBody::Version(VersionInfo {
@@ -85,7 +94,10 @@ async fn handle(daemon: &Arc<Daemon>, caller: &Caller, body: RequestBody) -> OpR
             ResponseBody::Programs(daemon.programs.list(caller.uid, caller.admin))
         }
         RequestBody::ProgramRemove { program } => {
-            let info = daemon.programs.remove(&program, caller.uid, caller.admin).await?;
+            let info = daemon
+                .programs
+                .remove(&program, caller.uid, caller.admin)
+                .await?;
             ResponseBody::Programs(vec![info])
         }
         RequestBody::Reload => {

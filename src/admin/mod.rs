@@ -12,7 +12,7 @@ use proto::{
     Request, Response, ResponseBody, ServerHello,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, watch};
 
@@ -108,7 +108,7 @@ async fn connection(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<
         Err(_) | Ok(Err(FrameError::Closed)) => return Ok(()),
         Ok(Err(e)) => {
             let why = format!("bad handshake ({e}); is this a pie-ctl talking to pied?");
-            return reject(&replies, ErrorCode::MalformedFrame, why).await;
+            return reject(&replies, &mut reader, ErrorCode::MalformedFrame, why).await;
         }
         Ok(Ok(payload)) => payload,
     };
@@ -116,12 +116,12 @@ async fn connection(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<
         Ok(h) => h,
         Err(e) => {
             let why = format!("bad handshake ({e}); is this a pie-ctl talking to pied?");
-            return reject(&replies, ErrorCode::MalformedFrame, why).await;
+            return reject(&replies, &mut reader, ErrorCode::MalformedFrame, why).await;
         }
     };
     if hello.magic != MAGIC {
         let why = "bad handshake (wrong magic); is this a pie-ctl talking to pied?".to_string();
-        return reject(&replies, ErrorCode::MalformedFrame, why).await;
+        return reject(&replies, &mut reader, ErrorCode::MalformedFrame, why).await;
     }
     let Some(version) = proto::negotiate(hello.min_version, hello.max_version) else {
         let why = format!(
@@ -133,7 +133,7 @@ async fn connection(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<
             proto::MIN_PROTOCOL_VERSION,
             proto::PROTOCOL_VERSION
         );
-        return reject(&replies, ErrorCode::VersionMismatch, why).await;
+        return reject(&replies, &mut reader, ErrorCode::VersionMismatch, why).await;
     };
     replies
         .send(&HelloReply::Accepted(ServerHello {
@@ -151,8 +151,12 @@ async fn connection(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<
             Err(FrameError::Closed) => break Ok(()),
             Err(e) => {
                 let _ = replies
-                    .reply(0, ResponseBody::Error(err(ErrorCode::MalformedFrame, e.to_string())))
+                    .reply(
+                        0,
+                        ResponseBody::Error(err(ErrorCode::MalformedFrame, e.to_string())),
+                    )
                     .await;
+                linger(&mut reader).await;
                 break Ok(());
             }
         };
@@ -160,7 +164,10 @@ async fn connection(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<
             Ok(r) => r,
             Err(e) => {
                 let _ = replies
-                    .reply(0, ResponseBody::Error(err(ErrorCode::MalformedFrame, e.to_string())))
+                    .reply(
+                        0,
+                        ResponseBody::Error(err(ErrorCode::MalformedFrame, e.to_string())),
+                    )
                     .await;
                 break Ok(());
             }
@@ -175,11 +182,34 @@ async fn connection(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<
     result
 }
 
-async fn reject(replies: &Replies, code: ErrorCode, message: String) -> std::io::Result<()> {
+async fn reject(
+    replies: &Replies,
+    reader: &mut OwnedReadHalf,
+    code: ErrorCode,
+    message: String,
+) -> std::io::Result<()> {
     tracing::debug!("handshake rejected: {message}");
     replies
         .send(&HelloReply::Rejected(err(code, message)))
         .await?;
-    let mut w = replies.writer.lock().await;
-    w.shutdown().await
+    replies.writer.lock().await.shutdown().await?;
+    linger(reader).await;
+    Ok(())
+}
+
+/// Reads and drops what the peer still sends, briefly, before the connection is closed:
+/// closing a Unix socket with unread input resets it, and the peer would then lose the
+/// error frame it was just sent.
+async fn linger(reader: &mut OwnedReadHalf) {
+    let drain = async {
+        let mut buf = [0u8; 8192];
+        let mut total = 0;
+        while total < (1 << 20) {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
 }

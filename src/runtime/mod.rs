@@ -137,11 +137,9 @@ impl Runtime {
                     .component_linker
                     .instantiate_pre(&component)
                     .map_err(|e| anyhow::Error::from(e).context("cannot link the component"))?;
-                Loaded::Component(
-                    CommandPre::new(pre).map_err(|e| {
-                        anyhow::Error::from(e).context("the component does not export wasi:cli/run")
-                    })?,
-                )
+                Loaded::Component(CommandPre::new(pre).map_err(|e| {
+                    anyhow::Error::from(e).context("the component does not export wasi:cli/run")
+                })?)
             }
             ProgramKind::Module => {
                 let module = unsafe { Module::deserialize_file(&self.engine, compiled) }

@@ -34,12 +34,16 @@ pub fn pie_ctl_bin() -> PathBuf {
 /// Builds the test guests (once per test binary) and returns the wasm file of `name`
 /// for wasm32-wasip2.
 pub fn guest(name: &str) -> PathBuf {
-    guests().join("wasm32-wasip2/release").join(format!("{name}.wasm"))
+    guests()
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
 }
 
 /// The wasm32-wasip1 core-module build of `name`.
 pub fn guest_p1(name: &str) -> PathBuf {
-    guests().join("wasm32-wasip1/release").join(format!("{name}.wasm"))
+    guests()
+        .join("wasm32-wasip1/release")
+        .join(format!("{name}.wasm"))
 }
 
 fn guests() -> &'static Path {
@@ -189,7 +193,10 @@ impl Pied {
         all.extend_from_slice(args);
         let out = self.ctl(&all);
         assert!(out.status.success(), "launch failed: {}", text(&out.stderr));
-        text(&out.stdout).trim().parse().expect("launch -d prints the id")
+        text(&out.stdout)
+            .trim()
+            .parse()
+            .expect("launch -d prints the id")
     }
 
     /// Waits for a process to end and returns its `inspect --json`.
@@ -200,14 +207,21 @@ impl Pied {
             if v["state"] != "Running" {
                 return v;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "process {id} did not end");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "process {id} did not end"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn inspect(&self, id: u64) -> serde_json::Value {
         let out = self.ctl(&["inspect", &id.to_string(), "--json"]);
-        assert!(out.status.success(), "inspect failed: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "inspect failed: {}",
+            text(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
