@@ -106,23 +106,23 @@ impl EventLog {
             kind,
         };
         inner.next_seq += 1;
-        if let Some(file) = inner.file.as_mut() {
-            if let Err(e) = file.write_all(&proto::encode_frame(&event)) {
-                inner.file = None;
-                let notice = Event {
-                    seq: inner.next_seq,
-                    unix_ms: unix_ms(),
-                    kind: EventKind::Notice(format!(
-                        "writing the log file {} failed ({e}); later output is kept in memory only",
-                        self.path.display()
-                    )),
-                };
-                inner.next_seq += 1;
-                tracing::warn!(path = %self.path.display(), error = %e, "log write failed");
-                inner.push_ring(event);
-                inner.push_ring(notice);
-                return self.publish(inner, ends);
-            }
+        if let Some(file) = inner.file.as_mut()
+            && let Err(e) = file.write_all(&proto::encode_frame(&event))
+        {
+            inner.file = None;
+            let notice = Event {
+                seq: inner.next_seq,
+                unix_ms: unix_ms(),
+                kind: EventKind::Notice(format!(
+                    "writing the log file {} failed ({e}); later output is kept in memory only",
+                    self.path.display()
+                )),
+            };
+            inner.next_seq += 1;
+            tracing::warn!(path = %self.path.display(), error = %e, "log write failed");
+            inner.push_ring(event);
+            inner.push_ring(notice);
+            return self.publish(inner, ends);
         }
         inner.push_ring(event);
         self.publish(inner, ends)
@@ -206,12 +206,9 @@ pub fn read_file(path: &Path) -> Vec<Event> {
     };
     let mut r = BufReader::new(file);
     let mut events = Vec::new();
-    loop {
-        match proto::read_frame(&mut r, proto::MAX_FRAME) {
-            Ok(payload) => match proto::decode_payload::<Event>(&payload) {
-                Ok(e) => events.push(e),
-                Err(_) => break,
-            },
+    while let Ok(payload) = proto::read_frame(&mut r, proto::MAX_FRAME) {
+        match proto::decode_payload::<Event>(&payload) {
+            Ok(e) => events.push(e),
             Err(_) => break,
         }
     }

@@ -175,7 +175,7 @@ impl ProgramStore {
                 Some((sha, meta))
             })
             .collect();
-        all.sort_by(|a, b| a.1.added_unix_ms.cmp(&b.1.added_unix_ms));
+        all.sort_by_key(|(_, m)| m.added_unix_ms);
         all
     }
 
@@ -203,10 +203,10 @@ impl ProgramStore {
         let is_hex =
             reference.len() >= MIN_PREFIX && reference.bytes().all(|b| b.is_ascii_hexdigit());
         if reference.len() == 64 && is_hex {
-            if let Ok(meta) = self.meta(reference) {
-                if admin || meta.owners.contains(&uid) {
-                    return Ok(self.info(reference, &meta));
-                }
+            if let Ok(meta) = self.meta(reference)
+                && (admin || meta.owners.contains(&uid))
+            {
+                return Ok(self.info(reference, &meta));
             }
             return Err(StoreError::NotFound(reference.into()));
         }

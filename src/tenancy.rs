@@ -44,8 +44,7 @@ fn in_group(user: Option<&User>, gid: u32, group: &str) -> bool {
     let Ok(Some(g)) = Group::from_name(group) else {
         return false;
     };
-    g.gid == Gid::from_raw(gid)
-        || user.is_some_and(|u| u.gid == g.gid || g.mem.iter().any(|m| *m == u.name))
+    g.gid == Gid::from_raw(gid) || user.is_some_and(|u| u.gid == g.gid || g.mem.contains(&u.name))
 }
 
 #[cfg(test)]

@@ -115,10 +115,10 @@ impl Client {
                     body => Ok(body),
                 };
             }
-            if r.id == 0 {
-                if let ResponseBody::Error(e) = r.body {
-                    return Err(DaemonError(e).into());
-                }
+            if r.id == 0
+                && let ResponseBody::Error(e) = r.body
+            {
+                return Err(DaemonError(e).into());
             }
         }
     }
