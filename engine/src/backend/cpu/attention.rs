@@ -82,7 +82,9 @@ pub fn write_kv(kv: &mut KvStore, layer: usize, seqs: &[SeqInput], qkv: &[f32], 
     }
 }
 
-/// `out[row, head*hd..]` = softmax(q·Kᵀ/√d + mask) · V for every row and head.
+/// `out[row, head*hd..]` = softmax(q·Kᵀ/√d + mask) · V for every row and head. One task
+/// per (row, KV head) serves the whole group of query heads that share that KV head (GQA), so
+/// each key and value is read once per group.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
@@ -95,64 +97,115 @@ pub fn attention(
     n_heads: usize,
     out: &mut [f32],
 ) {
-    let (hd, kvh, ps) = (kv.head_dim, kv.kv_heads, kv.page_size);
-    let q_dim = n_heads * hd;
-    let row_w = q_dim + 2 * kvh * hd;
-    let group = n_heads / kvh;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let a = Args {
+        isa,
+        kv,
+        layer,
+        seqs,
+        row_seq,
+        qkv,
+        n_heads,
+        out: SyncPtr(out.as_mut_ptr()),
+    };
     let rows = row_seq.len();
-    let outp = SyncPtr(out.as_mut_ptr());
-    pool.run(rows * n_heads, &|task| {
-        let (r, h) = (task / n_heads, task % n_heads);
-        let s = &seqs[row_seq[r] as usize];
-        let i = r - s.start;
-        let ctx = s.kv_len + i + 1;
-        let q = &qkv[r * row_w + h * hd..r * row_w + (h + 1) * hd];
-        let g = h / group;
-        // SAFETY: each task owns out[r, h*hd..(h+1)*hd].
-        let o = unsafe { std::slice::from_raw_parts_mut(outp.ptr().add(r * q_dim + h * hd), hd) };
-        SCRATCH.with(|sc| {
-            let (scores, allowed) = &mut *sc.borrow_mut();
-            scores.clear();
-            scores.resize(ctx, f32::NEG_INFINITY);
-            let masked = if let Some(m) = &s.mask {
-                allowed.clear();
-                allowed.resize(ctx, true);
-                m[s.mask_row0 + i].decode_into(allowed, true);
-                true
-            } else {
-                false
-            };
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..ctx {
-                if masked && !allowed[j] {
-                    continue;
-                }
-                let page = s.kv_pages[j / ps] as usize;
-                let off = kv.offset(layer, page, g, j % ps);
-                let sc = simd::dot(isa, q, &kv.k[off..off + hd]) * scale;
-                scores[j] = sc;
-                max = max.max(sc);
+    pool.run(rows * kv.kv_heads, &|task| {
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Portable {
+            // SAFETY: AVX2 and FMA checked by `Isa::detect`.
+            return unsafe { attend_avx2(&a, task) };
+        }
+        attend(&a, task)
+    });
+}
+
+struct Args<'a> {
+    isa: Isa,
+    kv: &'a KvStore,
+    layer: usize,
+    seqs: &'a [SeqInput],
+    row_seq: &'a [u32],
+    qkv: &'a [f32],
+    n_heads: usize,
+    out: SyncPtr<f32>,
+}
+
+/// `attend` compiled for AVX2, so that the `simd` helpers inline into it (a `target_feature`
+/// function is not inlined into a caller without the feature, and a call per 64-element dot
+/// product costs as much as the dot product).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(a: &Args, task: usize) {
+    attend(a, task)
+}
+
+/// One (row, KV head) task.
+#[inline(always)]
+fn attend(a: &Args, task: usize) {
+    let (kv, isa) = (a.kv, a.isa);
+    let (hd, kvh, ps) = (kv.head_dim, kv.kv_heads, kv.page_size);
+    let q_dim = a.n_heads * hd;
+    let row_w = q_dim + 2 * kvh * hd;
+    let group = a.n_heads / kvh;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (r, g) = (task / kvh, task % kvh);
+    let s = &a.seqs[a.row_seq[r] as usize];
+    let i = r - s.start;
+    let ctx = s.kv_len + i + 1;
+    let q = &a.qkv[r * row_w + g * group * hd..r * row_w + (g + 1) * group * hd];
+    // SAFETY: each task owns out[r, g*group*hd..(g+1)*group*hd].
+    let o = unsafe {
+        std::slice::from_raw_parts_mut(a.out.ptr().add(r * q_dim + g * group * hd), group * hd)
+    };
+    SCRATCH.with(|sc| {
+        let (scores, allowed) = &mut *sc.borrow_mut();
+        scores.clear();
+        scores.resize(group * ctx + 2 * group, f32::NEG_INFINITY);
+        let (scores, stats) = scores.split_at_mut(group * ctx);
+        let (max, inv) = stats.split_at_mut(group);
+        let masked = if let Some(m) = &s.mask {
+            allowed.clear();
+            allowed.resize(ctx, true);
+            m[s.mask_row0 + i].decode_into(allowed, true);
+            true
+        } else {
+            false
+        };
+        for j in 0..ctx {
+            if masked && !allowed[j] {
+                continue;
             }
-            o.fill(0.0);
-            if max == f32::NEG_INFINITY {
+            let page = s.kv_pages[j / ps] as usize;
+            let off = kv.offset(a.layer, page, g, j % ps);
+            let k = &kv.k[off..off + hd];
+            for h in 0..group {
+                let sc = simd::dot(isa, &q[h * hd..(h + 1) * hd], k) * scale;
+                scores[h * ctx + j] = sc;
+                max[h] = max[h].max(sc);
+            }
+        }
+        o.fill(0.0);
+        for h in 0..group {
+            inv[h] = 0.0;
+            if max[h] == f32::NEG_INFINITY {
                 // Every slot masked: the output is zero rather than NaN.
-                return;
+                continue;
             }
-            let mut sum = 0.0;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += *sc;
+            let sum = simd::exp_sub_sum(isa, &mut scores[h * ctx..(h + 1) * ctx], max[h]);
+            inv[h] = 1.0 / sum;
+        }
+        for j in 0..ctx {
+            if masked && !allowed[j] {
+                continue;
             }
-            let inv = 1.0 / sum;
-            for (j, &p) in scores.iter().enumerate() {
-                if p == 0.0 {
-                    continue;
+            let page = s.kv_pages[j / ps] as usize;
+            let off = kv.offset(a.layer, page, g, j % ps);
+            let v = &kv.v[off..off + hd];
+            for h in 0..group {
+                let p = scores[h * ctx + j] * inv[h];
+                if p != 0.0 {
+                    simd::axpy(isa, p, v, &mut o[h * hd..(h + 1) * hd]);
                 }
-                let page = s.kv_pages[j / ps] as usize;
-                let off = kv.offset(layer, page, g, j % ps);
-                simd::axpy(isa, p * inv, &kv.v[off..off + hd], o);
             }
-        });
+        }
     });
 }

@@ -739,9 +739,10 @@ mod tests {
             let want = reference(&a, m, &w, n, k);
             let mut scratch = GemmScratch::default();
             let want_f32 = reference_f32(&a, m, &w, n, k);
+            // `best` includes the opt-in AVX-512 kernels where the CPU has them.
             for (isa, prec) in [
-                (Isa::detect(), ActPrecision::Bf16),
-                (Isa::detect(), ActPrecision::F32),
+                (Isa::best(), ActPrecision::Bf16),
+                (Isa::best(), ActPrecision::F32),
                 (Isa::Avx2, ActPrecision::Bf16),
                 (Isa::Avx2, ActPrecision::F32),
                 (Isa::Portable, ActPrecision::Bf16),

@@ -58,7 +58,51 @@ struct Scratch {
     out_h: Vec<f32>,
 }
 
+/// Time per forward-pass phase, collected when `PIE_ENGINE_PROFILE` is set and printed to
+/// stderr when the backend is dropped (for tuning; off by default).
+#[derive(Default)]
+struct Profile {
+    on: bool,
+    secs: [f64; PHASES.len()],
+}
+
+const PHASES: [&str; 7] = [
+    "qkv",
+    "attention",
+    "o_proj",
+    "gate_up",
+    "silu",
+    "down",
+    "lm_head+other",
+];
+
+impl Profile {
+    #[inline]
+    fn lap(&mut self, phase: usize, t: &mut std::time::Instant) {
+        if self.on {
+            let now = std::time::Instant::now();
+            self.secs[phase] += (now - *t).as_secs_f64();
+            *t = now;
+        }
+    }
+}
+
+impl Drop for CpuBackend {
+    fn drop(&mut self) {
+        if self.profile.on {
+            let total: f64 = self.profile.secs.iter().sum();
+            let parts: Vec<String> = PHASES
+                .iter()
+                .zip(self.profile.secs)
+                .map(|(n, s)| format!("{n} {:.1}%", 100.0 * s / total.max(1e-12)))
+                .collect();
+            eprintln!("cpu backend profile ({total:.2}s): {}", parts.join(", "));
+        }
+    }
+}
+
 pub struct CpuBackend {
+    profile: Profile,
     cfg: ModelConfig,
     isa: Isa,
     prec: ActPrecision,
@@ -127,6 +171,10 @@ impl CpuBackend {
             opts.threads
         };
         Ok(CpuBackend {
+            profile: Profile {
+                on: std::env::var_os("PIE_ENGINE_PROFILE").is_some(),
+                ..Default::default()
+            },
             isa: Isa::detect(),
             prec: match std::env::var("PIE_ENGINE_ACT").as_deref() {
                 Ok("bf16") => ActPrecision::Bf16,
@@ -297,6 +345,8 @@ impl Backend for CpuBackend {
                 s.sin[r * half + i] = sn;
             }
         }
+        let prof = &mut self.profile;
+        let mut clock = std::time::Instant::now();
         for (li, layer) in self.layers.iter().enumerate() {
             for r in 0..t {
                 rms_norm(
@@ -328,6 +378,7 @@ impl Backend for CpuBackend {
                 );
                 rope(&mut row[..qd + kvd], hd, cos, sin);
             }
+            prof.lap(0, &mut clock);
             attention::write_kv(&mut self.kv, li, &b.seqs, &s.qkv, qd);
             attention::attention(
                 &self.pool,
@@ -340,6 +391,7 @@ impl Backend for CpuBackend {
                 cfg.num_heads,
                 &mut s.attn,
             );
+            prof.lap(1, &mut clock);
             matmul(
                 &self.pool,
                 self.isa,
@@ -351,6 +403,7 @@ impl Backend for CpuBackend {
                 self.prec,
                 &mut s.packed,
             );
+            prof.lap(2, &mut clock);
             for r in 0..t {
                 rms_norm(
                     &s.x[r * hsz..(r + 1) * hsz],
@@ -370,12 +423,14 @@ impl Backend for CpuBackend {
                 self.prec,
                 &mut s.packed,
             );
+            prof.lap(3, &mut clock);
             for r in 0..t {
                 let row = &mut s.gu[r * 2 * inter..(r + 1) * 2 * inter];
                 let (g, u) = row.split_at_mut(inter);
                 simd::silu_mul(self.isa, g, u);
                 s.act[r * inter..(r + 1) * inter].copy_from_slice(g);
             }
+            prof.lap(4, &mut clock);
             matmul(
                 &self.pool,
                 self.isa,
@@ -387,6 +442,7 @@ impl Backend for CpuBackend {
                 self.prec,
                 &mut s.packed,
             );
+            prof.lap(5, &mut clock);
         }
         // Final norm and LM head only for the rows whose logits are wanted.
         let n_out = b.outputs.len();
@@ -411,6 +467,7 @@ impl Backend for CpuBackend {
             self.prec,
             &mut s.packed,
         );
+        prof.lap(6, &mut clock);
         Ok(logits)
     }
 }

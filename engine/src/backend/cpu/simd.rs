@@ -13,24 +13,39 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best ISA this CPU supports. `PIE_ENGINE_ISA=avx2|portable` forces a lower one (for
-    /// tests and comparisons).
+    /// The ISA the CPU backend uses: AVX2+FMA where present, else portable Rust.
+    /// `PIE_ENGINE_ISA=avx512|avx2|portable` overrides it. The AVX-512 (incl. AVX512-BF16
+    /// `vdpbf16ps`) kernels are opt-in because the machines this was developed and tested on
+    /// have no AVX-512; they are selected only when asked for and the CPU has the features.
     pub fn detect() -> Isa {
         let best = Self::best();
         match std::env::var("PIE_ENGINE_ISA").as_deref() {
             Ok("portable") => Isa::Portable,
-            Ok("avx2") if best != Isa::Portable => Isa::Avx2,
+            Ok("avx512") => best,
+            _ if best == Isa::Avx512Bf16 && Self::has_avx2() => Isa::Avx2,
             _ => best,
         }
     }
 
-    fn best() -> Isa {
+    fn has_avx2() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    pub(crate) fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bf16")
+                && Self::has_avx2()
+            {
                 return Isa::Avx512Bf16;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if Self::has_avx2() {
                 return Isa::Avx2;
             }
         }
@@ -50,6 +65,11 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     if isa.has_avx512() {
         // SAFETY: the CPU supports AVX-512F (checked by `Isa::detect`).
         return unsafe { x86::dot512(a, b) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: AVX2 and FMA checked by `Isa::detect`.
+        return unsafe { x86::dot256(a, b) };
     }
     let _ = isa;
     dot_portable(a, b)
@@ -81,10 +101,31 @@ pub fn axpy(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
         // SAFETY: AVX-512F checked by `Isa::detect`.
         return unsafe { x86::axpy512(alpha, x, y) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: AVX2 and FMA checked by `Isa::detect`.
+        return unsafe { x86::axpy256(alpha, x, y) };
+    }
     let _ = isa;
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
     }
+}
+
+/// `x[i] = exp(x[i] - max)`; returns the sum (softmax numerator and denominator).
+pub fn exp_sub_sum(isa: Isa, x: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: AVX2 and FMA checked by `Isa::detect` (AVX-512 CPUs have both).
+        return unsafe { x86::exp_sub_sum256(x, max) };
+    }
+    let _ = isa;
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    sum
 }
 
 /// `g[i] = silu(g[i]) * u[i]`, the SwiGLU activation.
@@ -93,6 +134,11 @@ pub fn silu_mul(isa: Isa, g: &mut [f32], u: &[f32]) {
     if isa.has_avx512() {
         // SAFETY: AVX-512F checked by `Isa::detect`.
         return unsafe { x86::silu_mul512(g, u) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: AVX2 and FMA checked by `Isa::detect`.
+        return unsafe { x86::silu_mul256(g, u) };
     }
     let _ = isa;
     for (gi, ui) in g.iter_mut().zip(u) {
@@ -187,6 +233,134 @@ mod x86 {
         _mm512_scalef_ps(p, fi)
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot256(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        unsafe {
+            while i + 32 <= n {
+                for (j, c) in acc.iter_mut().enumerate() {
+                    *c = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(pa.add(i + 8 * j)),
+                        _mm256_loadu_ps(pb.add(i + 8 * j)),
+                        *c,
+                    );
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                acc[0] = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i)),
+                    _mm256_loadu_ps(pb.add(i)),
+                    acc[0],
+                );
+                i += 8;
+            }
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_shuffle_ps::<1>(h, h));
+        let mut t = _mm_cvtss_f32(h);
+        for j in i..n {
+            t += a[j] * b[j];
+        }
+        t
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy256(alpha: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let a = _mm256_set1_ps(alpha);
+        let mut i = 0;
+        unsafe {
+            while i + 8 <= n {
+                let yp = y.as_mut_ptr().add(i);
+                _mm256_storeu_ps(
+                    yp,
+                    _mm256_fmadd_ps(a, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
+                );
+                i += 8;
+            }
+        }
+        for j in i..n {
+            y[j] += alpha * x[j];
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sub_sum256(x: &mut [f32], max: f32) -> f32 {
+        let n = x.len();
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        unsafe {
+            while i + 8 <= n {
+                let p = x.as_mut_ptr().add(i);
+                let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), m));
+                _mm256_storeu_ps(p, e);
+                acc = _mm256_add_ps(acc, e);
+                i += 8;
+            }
+            let mut buf = [0f32; 8];
+            _mm256_storeu_ps(buf.as_mut_ptr(), acc);
+            let mut sum: f32 = buf.iter().sum();
+            for v in &mut x[i..] {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            sum
+        }
+    }
+
+    /// AVX2 version of `exp512`: 2^integer part built directly in the exponent bits.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp256(x0: __m256) -> __m256 {
+        let x = _mm256_max_ps(
+            _mm256_min_ps(x0, _mm256_set1_ps(88.0)),
+            _mm256_set1_ps(-87.0),
+        );
+        let t = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E));
+        let fi = _mm256_floor_ps(t);
+        let f = _mm256_sub_ps(t, fi);
+        let mut p = _mm256_set1_ps(1.535_336_2e-4);
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339_887_4e-3));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618_437e-3));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550_332_5e-2));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402_264_8e-1));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931_472e-1));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(fi),
+            _mm256_set1_epi32(127),
+        ));
+        // Inputs below the clamp (masked scores are -inf) give exactly 0.
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x0, _mm256_set1_ps(-87.0));
+        _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul256(g: &mut [f32], u: &[f32]) {
+        let n = g.len().min(u.len());
+        let one = _mm256_set1_ps(1.0);
+        let mut i = 0;
+        unsafe {
+            while i + 8 <= n {
+                let gp = g.as_mut_ptr().add(i);
+                let x = _mm256_loadu_ps(gp);
+                let e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), x));
+                let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+                _mm256_storeu_ps(gp, _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i))));
+                i += 8;
+            }
+        }
+        for j in i..n {
+            g[j] = g[j] / (1.0 + (-g[j]).exp()) * u[j];
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn silu_mul512(g: &mut [f32], u: &[f32]) {
         let n = g.len().min(u.len());
@@ -214,7 +388,7 @@ mod tests {
 
     #[test]
     fn simd_matches_portable() {
-        let isa = Isa::detect();
+        let isa = Isa::best();
         for n in [1usize, 15, 16, 17, 64, 100] {
             let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
@@ -223,6 +397,13 @@ mod tests {
             let mut g2 = g.clone();
             silu_mul(isa, &mut g, &b);
             silu_mul(Isa::Portable, &mut g2, &b);
+            if isa != Isa::Portable {
+                let mut g3 = a.iter().map(|x| x * 8.0).collect::<Vec<_>>();
+                silu_mul(Isa::Avx2, &mut g3, &b);
+                for (x, y) in g3.iter().zip(&g2) {
+                    assert!((x - y).abs() < 1e-5 * (1.0 + y.abs()), "avx2 {x} vs {y}");
+                }
+            }
             for (x, y) in g.iter().zip(&g2) {
                 assert!((x - y).abs() < 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
             }
