@@ -29,6 +29,9 @@ pub struct EngineOptions {
     pub on_exhausted: OnExhausted,
     /// Most tokens in one batch (prefill chunks are cut to fit).
     pub max_batch_tokens: usize,
+    /// How long the engine thread waits, after completing requests, for those callers to
+    /// submit their next step before firing a smaller batch (0 = fire at once).
+    pub batch_wait: std::time::Duration,
     /// GEMM activation precision on the CPU backend.
     pub act_precision: crate::backend::cpu::ActPrecision,
 }
@@ -42,6 +45,7 @@ impl Default for EngineOptions {
             page_size: 32,
             on_exhausted: OnExhausted::Fail,
             max_batch_tokens: 512,
+            batch_wait: std::time::Duration::from_micros(500),
             act_precision: crate::backend::cpu::ActPrecision::F32,
         }
     }
@@ -102,9 +106,10 @@ impl Engine {
         let (tx, rx) = channel();
         let st = stats.clone();
         let max_tokens = opts.max_batch_tokens.max(1);
+        let batch_wait = opts.batch_wait;
         let thread = std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || scheduler::run(backend, rx, max_tokens, st))
+            .spawn(move || scheduler::run(backend, rx, max_tokens, batch_wait, st))
             .expect("spawn engine thread");
         Engine {
             tx: Some(tx),

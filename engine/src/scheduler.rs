@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::Receiver;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Requests of at most this many tokens count as decode steps and go first.
 const DECODE_TOKENS: usize = 4;
@@ -205,6 +205,7 @@ pub(crate) fn run(
     mut backend: Box<dyn Backend>,
     rx: Receiver<Vec<Pending>>,
     max_batch_tokens: usize,
+    batch_wait: Duration,
     stats: Arc<EngineStats>,
 ) {
     let mut queues: BTreeMap<u64, VecDeque<Active>> = BTreeMap::new();
@@ -227,8 +228,12 @@ pub(crate) fn run(
             .busy_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
         // Completed requests are at the front of their queues.
-        for q in queues.values_mut() {
+        let mut waiting_for: Vec<u64> = Vec::new();
+        for (&caller, q) in queues.iter_mut() {
             while q.front().is_some_and(|a| a.remaining() == 0) {
+                if q.len() == 1 {
+                    waiting_for.push(caller);
+                }
                 let a = q.pop_front().expect("checked");
                 let outputs = a
                     .results
@@ -240,6 +245,22 @@ pub(crate) fn run(
             }
         }
         queues.retain(|_, q| !q.is_empty());
+        // Callers whose step just completed usually submit the next one within microseconds
+        // (a decode loop). Give them up to `batch_wait` to do so, so that they join the next
+        // batch instead of trickling in one batch later: it keeps decode batches full.
+        if !waiting_for.is_empty() && !batch_wait.is_zero() {
+            let deadline = Instant::now() + batch_wait;
+            while waiting_for.iter().any(|c| !queues.contains_key(c)) {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match rx.recv_timeout(deadline - now) {
+                    Ok(ps) => enqueue(&mut queues, ps),
+                    Err(_) => break,
+                }
+            }
+        }
     }
 }
 
