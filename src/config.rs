@@ -20,6 +20,18 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub runtime: RuntimeConfig,
     pub limits: LimitsConfig,
+    /// `[[model]]` tables: the models of the store that load, and which is the default.
+    #[serde(rename = "model")]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name of an entry in `<state_dir>/models` (see `pie-ctl model ls`).
+    pub name: String,
+    #[serde(default)]
+    pub default: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +187,13 @@ impl Config {
                 format!("must be between 1 and {}", proto::MAX_FRAME - 4096),
             ));
         }
+        for m in &self.models {
+            model_store::validate_name(&m.name)
+                .map_err(|e| err("model", "name", format!("{e:#}")))?;
+        }
+        if self.models.iter().filter(|m| m.default).count() > 1 {
+            return Err(err("model", "default", "only one [[model]] may be the default".into()));
+        }
         let (d, m) = (self.limits.default_limits(), self.limits.max_limits());
         if m.memory_bytes == 0 {
             return Err(err("limits.max", "memory_mib", "must be at least 1".into()));
@@ -209,6 +228,15 @@ impl Config {
         Ok(())
     }
 
+    /// The default model: the one marked `default = true`, else the first listed.
+    pub fn default_model(&self) -> Option<&str> {
+        self.models
+            .iter()
+            .find(|m| m.default)
+            .or(self.models.first())
+            .map(|m| m.name.as_str())
+    }
+
     pub fn socket_mode(&self) -> u32 {
         parse_mode(&self.daemon.socket_mode).expect("validated at load")
     }
@@ -233,8 +261,9 @@ fn key_line(text: &str, section: &str, key: &str) -> Option<usize> {
     let mut current = String::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
-        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            current = name.trim().to_string();
+        if t.starts_with('[') && t.ends_with(']') {
+            // `[section]` or `[[array-of-tables]]`
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
         } else if current == section
             && t.split('=').next().map(str::trim) == Some(key)
             && t.contains('=')
@@ -288,6 +317,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2") && e.contains("socket_mode"), "{e}");
+    }
+
+    #[test]
+    fn model_tables() {
+        let c = Config::parse("[[model]]\nname = \"a\"\n[[model]]\nname = \"b\"\ndefault = true\n").unwrap();
+        assert_eq!(c.default_model(), Some("b"));
+        let e = Config::parse("[[model]]\nname = \"a/../b\"\n").unwrap_err().to_string();
+        assert!(e.contains("name"), "{e}");
+        let e = Config::parse("[[model]]\nname = \"a\"\ndefault = true\n[[model]]\nname = \"b\"\ndefault = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only one"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod daemon;
 mod events;
+mod models;
 mod procs;
 mod programs;
 mod runtime;
@@ -49,6 +50,26 @@ struct Cli {
 enum Command {
     /// Validate the config file and exit (0 when valid)
     CheckConfig,
+    /// Manage the model store directly, without a running daemon
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Import a GGUF file or a Hugging Face directory into the store
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// List the models in the store
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model from the store
+    Rm { name: String },
 }
 
 fn main() -> ExitCode {
@@ -98,6 +119,9 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(s) = cli.state_dir {
         config.daemon.state_dir = s;
     }
+    if let Some(Command::Model(cmd)) = cli.command {
+        return model_command(&config, cmd);
+    }
     let socket_path = config.daemon.socket.clone();
     let state_dir = config.daemon.state_dir.clone();
     let socket_mode = config.socket_mode();
@@ -135,6 +159,42 @@ fn run(cli: Cli) -> Result<()> {
         tracing::info!("pied stopped");
         Ok(())
     })
+}
+
+fn model_command(config: &Config, cmd: ModelCommand) -> Result<()> {
+    let state = &config.daemon.state_dir;
+    match cmd {
+        ModelCommand::Import { path, name } => {
+            let info = models::import_offline(state, &path, &name)?;
+            println!(
+                "imported {} ({}, {} parameters, {}) into {}",
+                info.name,
+                info.architecture,
+                info.params,
+                info.dtype,
+                state.join("models").join(&info.name).display()
+            );
+        }
+        ModelCommand::Ls { json } => {
+            let list: Vec<proto::ModelInfo> = models::open(state)?
+                .list()?
+                .iter()
+                .map(|e| models::info(e, config.default_model()))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for m in list {
+                    println!("{}\t{}\t{}\t{} params", m.name, m.architecture, m.dtype, m.params);
+                }
+            }
+        }
+        ModelCommand::Rm { name } => {
+            models::open(state)?.remove(&name)?;
+            println!("removed {name}");
+        }
+    }
+    Ok(())
 }
 
 /// Binds the admin socket. A stale socket file (no daemon behind it) is replaced; a live

@@ -123,6 +123,26 @@ impl Client {
         }
     }
 
+    /// Sends a request whose reply is preceded by `Progress` updates.
+    pub fn call_with_progress(
+        &mut self,
+        body: RequestBody,
+        mut on_progress: impl FnMut(&str, u64, u64),
+    ) -> Result<ResponseBody> {
+        let id = self.sender().send(body)?;
+        loop {
+            let r = self.read()?;
+            if r.id != id && r.id != 0 {
+                continue;
+            }
+            match r.body {
+                ResponseBody::Progress { stage, done, total } => on_progress(&stage, done, total),
+                ResponseBody::Error(e) => return Err(DaemonError(e).into()),
+                body => return Ok(body),
+            }
+        }
+    }
+
     /// Sends a streaming request and calls `on_event` for each event until the stream
     /// ends. `on_other` sees replies to other requests sent meanwhile (stdin writes).
     pub fn stream(

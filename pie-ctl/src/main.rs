@@ -87,6 +87,28 @@ enum Command {
     },
     /// Make the daemon re-read its config file (limits and grants)
     Reload,
+    /// Manage the daemon's model store
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Import a GGUF file or Hugging Face directory (a path the daemon can read)
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// List the models in the store
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model from the store
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -249,8 +271,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
             client.call(RequestBody::Reload)?;
             println!("config reloaded");
         }
+        Command::Model { command } => model(&mut client, command)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn model(client: &mut Client, command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Import { path, name } => {
+            // The daemon resolves the path, so make it absolute here.
+            let path = std::path::absolute(&path)
+                .with_context(|| format!("bad path {}", path.display()))?;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let list = client.call_with_progress(
+                RequestBody::ModelImport {
+                    path: path.display().to_string(),
+                    name,
+                },
+                |stage, done, total| {
+                    if tty {
+                        eprint!("\r{}", proto::progress_line(stage, done, total));
+                    }
+                },
+            )?;
+            if tty {
+                eprintln!();
+            }
+            if let ResponseBody::Models(list) = list {
+                render::models(&list, false)?;
+            }
+        }
+        ModelCommand::Ls { json } => {
+            let ResponseBody::Models(list) = client.call(RequestBody::ModelList)? else {
+                bail!("unexpected reply");
+            };
+            render::models(&list, json)?;
+        }
+        ModelCommand::Rm { name } => {
+            client.call(RequestBody::ModelRemove { name: name.clone() })?;
+            println!("removed {name}");
+        }
+    }
+    Ok(())
 }
 
 fn version(socket: &Path, json: bool) -> Result<ExitCode> {

@@ -176,6 +176,25 @@ pub fn programs(list: &[ProgramInfo], json: bool) -> Result<()> {
     Ok(())
 }
 
+pub fn models(list: &[proto::ModelInfo], json: bool) -> Result<()> {
+    if json {
+        return print_json(&list);
+    }
+    println!("{:<24} {:<20} {:<6} {:>12} {:>10}  DEFAULT", "NAME", "ARCHITECTURE", "DTYPE", "PARAMS", "SIZE");
+    for m in list {
+        println!(
+            "{:<24} {:<20} {:<6} {:>12} {:>7} MB  {}",
+            m.name,
+            m.architecture,
+            m.dtype,
+            m.params,
+            m.bytes >> 20,
+            if m.default { "yes" } else { "" }
+        );
+    }
+    Ok(())
+}
+
 /// One event as a JSON line; output bytes become text (lossy UTF-8).
 pub fn event_json(e: &Event) -> serde_json::Value {
     let (kind, data) = match &e.kind {

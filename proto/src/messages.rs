@@ -110,6 +110,16 @@ pub enum RequestBody {
         program: String,
     },
     Reload,
+    /// Imports a GGUF file or Hugging Face directory (a path on the daemon's host) into the
+    /// model store. Streams `Progress`, then ends with `Models` holding the new entry.
+    ModelImport {
+        path: String,
+        name: String,
+    },
+    ModelList,
+    ModelRemove {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +144,46 @@ pub enum ResponseBody {
     /// Ends a stream of `Event`s.
     End,
     Programs(Vec<ProgramInfo>),
+    /// Progress of a long operation (model import): `done` of `total` units of `stage`.
+    Progress {
+        stage: String,
+        done: u64,
+        total: u64,
+    },
+    Models(Vec<ModelInfo>),
+}
+
+/// A model in the daemon's model store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub architecture: String,
+    /// Where it was imported from: `gguf:<file>` or `hf:<dir>`.
+    pub source: String,
+    pub dtype: String,
+    pub params: u64,
+    pub bytes: u64,
+    pub layers: u64,
+    pub hidden: u64,
+    pub vocab: u64,
+    pub created_unix: u64,
+    /// Whether pied.toml's `[[model]]` table names it as the default model.
+    pub default: bool,
+}
+
+/// One line of a text progress bar, e.g. `convert [#####     ]  50%  134/268 MB`.
+pub fn progress_line(stage: &str, done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let total = total.max(1);
+    let filled = (done.min(total) * WIDTH / total) as usize;
+    format!(
+        "{stage:<8} [{}{}] {:>3}%  {}/{} MB",
+        "#".repeat(filled),
+        " ".repeat(WIDTH as usize - filled),
+        done.min(total) * 100 / total,
+        done >> 20,
+        total >> 20
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use super::{FEATURES, Replies};
 use crate::daemon::{Daemon, OpResult, err};
+use crate::models;
 use crate::procs::Process;
 use crate::systemd;
 use crate::tenancy::Caller;
@@ -34,6 +35,9 @@ pub async fn dispatch(
         }
         RequestBody::Attach { id: pid } => {
             return start_stream(daemon, caller, id, pid, true, None, true, replies, closed).await;
+        }
+        RequestBody::ModelImport { path, name } => {
+            return model_import(daemon, caller, id, path, name, replies).await;
         }
         other => handle(daemon, caller, other).await,
     };
@@ -101,22 +105,92 @@ async fn handle(
             ResponseBody::Programs(vec![info])
         }
         RequestBody::Reload => {
-            if !caller.admin {
-                return Err(err(
-                    ErrorCode::PermissionDenied,
-                    "only root or the admin group may reload the daemon",
-                ));
-            }
+            require_admin(caller, "reload the daemon")?;
             systemd::reloading();
             let result = daemon.reload();
             systemd::ready(daemon);
             result?;
             ResponseBody::Ok
         }
-        RequestBody::Logs { .. } | RequestBody::Attach { .. } => {
+        RequestBody::ModelList => {
+            let config = daemon.config();
+            let store = models::open(&daemon.state_dir).map_err(internal)?;
+            let list = store.list().map_err(internal)?;
+            ResponseBody::Models(list.iter().map(|e| models::info(e, config.default_model())).collect())
+        }
+        RequestBody::ModelRemove { name } => {
+            require_admin(caller, "remove models")?;
+            if daemon.config().models.iter().any(|m| m.name == name) {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("model {name:?} is named in pied.toml's [[model]] tables; remove it there first"),
+                ));
+            }
+            let store = models::open(&daemon.state_dir).map_err(internal)?;
+            let entry = store.get(&name).map_err(|e| err(ErrorCode::NotFound, format!("{e:#}")))?;
+            store.remove(&name).map_err(internal)?;
+            ResponseBody::Models(vec![models::info(&entry, None)])
+        }
+        RequestBody::Logs { .. } | RequestBody::Attach { .. } | RequestBody::ModelImport { .. } => {
             unreachable!("streaming requests are dispatched before")
         }
     })
+}
+
+fn require_admin(caller: &Caller, what: &str) -> OpResult<()> {
+    if caller.admin {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorCode::PermissionDenied,
+            format!("only root or the admin group may {what}"),
+        ))
+    }
+}
+
+fn internal(e: anyhow::Error) -> proto::ErrorReply {
+    err(ErrorCode::Internal, format!("{e:#}"))
+}
+
+/// Imports a model on a blocking thread, streaming progress to the client. The path is
+/// read with the daemon's rights, so only admins may ask.
+async fn model_import(
+    daemon: &Arc<Daemon>,
+    caller: &Caller,
+    request: u64,
+    path: String,
+    name: String,
+    replies: &Replies,
+) -> std::io::Result<()> {
+    if let Err(e) = require_admin(caller, "import models") {
+        return replies.reply(request, ResponseBody::Error(e)).await;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let state_dir = daemon.state_dir.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let store = models::open(&state_dir)?;
+        let mut throttle = models::Throttle::new();
+        store.import(std::path::Path::new(&path), &name, &mut |p| {
+            if throttle.pass(p.stage, p.done, p.total) {
+                let _ = tx.send(ResponseBody::Progress {
+                    stage: p.stage.to_string(),
+                    done: p.done,
+                    total: p.total,
+                });
+            }
+        })
+    });
+    while let Some(progress) = rx.recv().await {
+        replies.reply(request, progress).await?;
+    }
+    let body = match job.await {
+        Ok(Ok(entry)) => {
+            ResponseBody::Models(vec![models::info(&entry, daemon.config().default_model())])
+        }
+        Ok(Err(e)) => ResponseBody::Error(err(ErrorCode::BadRequest, format!("{e:#}"))),
+        Err(e) => ResponseBody::Error(err(ErrorCode::Internal, format!("import task failed: {e}"))),
+    };
+    replies.reply(request, body).await
 }
 
 fn status(daemon: &Daemon, caller: &Caller) -> DaemonStatus {
