@@ -192,7 +192,11 @@ impl Config {
                 .map_err(|e| err("model", "name", format!("{e:#}")))?;
         }
         if self.models.iter().filter(|m| m.default).count() > 1 {
-            return Err(err("model", "default", "only one [[model]] may be the default".into()));
+            return Err(err(
+                "model",
+                "default",
+                "only one [[model]] may be the default".into(),
+            ));
         }
         let (d, m) = (self.limits.default_limits(), self.limits.max_limits());
         if m.memory_bytes == 0 {
@@ -321,13 +325,18 @@ mod tests {
 
     #[test]
     fn model_tables() {
-        let c = Config::parse("[[model]]\nname = \"a\"\n[[model]]\nname = \"b\"\ndefault = true\n").unwrap();
+        let c = Config::parse("[[model]]\nname = \"a\"\n[[model]]\nname = \"b\"\ndefault = true\n")
+            .unwrap();
         assert_eq!(c.default_model(), Some("b"));
-        let e = Config::parse("[[model]]\nname = \"a/../b\"\n").unwrap_err().to_string();
-        assert!(e.contains("name"), "{e}");
-        let e = Config::parse("[[model]]\nname = \"a\"\ndefault = true\n[[model]]\nname = \"b\"\ndefault = true\n")
+        let e = Config::parse("[[model]]\nname = \"a/../b\"\n")
             .unwrap_err()
             .to_string();
+        assert!(e.contains("name"), "{e}");
+        let e = Config::parse(
+            "[[model]]\nname = \"a\"\ndefault = true\n[[model]]\nname = \"b\"\ndefault = true\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("only one"), "{e}");
     }
 

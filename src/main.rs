@@ -185,7 +185,10 @@ fn model_command(config: &Config, cmd: ModelCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for m in list {
-                    println!("{}\t{}\t{}\t{} params", m.name, m.architecture, m.dtype, m.params);
+                    println!(
+                        "{}\t{}\t{}\t{} params",
+                        m.name, m.architecture, m.dtype, m.params
+                    );
                 }
             }
         }

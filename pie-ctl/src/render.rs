@@ -180,7 +180,10 @@ pub fn models(list: &[proto::ModelInfo], json: bool) -> Result<()> {
     if json {
         return print_json(&list);
     }
-    println!("{:<24} {:<20} {:<6} {:>12} {:>10}  DEFAULT", "NAME", "ARCHITECTURE", "DTYPE", "PARAMS", "SIZE");
+    println!(
+        "{:<24} {:<20} {:<6} {:>12} {:>10}  DEFAULT",
+        "NAME", "ARCHITECTURE", "DTYPE", "PARAMS", "SIZE"
+    );
     for m in list {
         println!(
             "{:<24} {:<20} {:<6} {:>12} {:>7} MB  {}",

@@ -116,18 +116,26 @@ async fn handle(
             let config = daemon.config();
             let store = models::open(&daemon.state_dir).map_err(internal)?;
             let list = store.list().map_err(internal)?;
-            ResponseBody::Models(list.iter().map(|e| models::info(e, config.default_model())).collect())
+            ResponseBody::Models(
+                list.iter()
+                    .map(|e| models::info(e, config.default_model()))
+                    .collect(),
+            )
         }
         RequestBody::ModelRemove { name } => {
             require_admin(caller, "remove models")?;
             if daemon.config().models.iter().any(|m| m.name == name) {
                 return Err(err(
                     ErrorCode::BadRequest,
-                    format!("model {name:?} is named in pied.toml's [[model]] tables; remove it there first"),
+                    format!(
+                        "model {name:?} is named in pied.toml's [[model]] tables; remove it there first"
+                    ),
                 ));
             }
             let store = models::open(&daemon.state_dir).map_err(internal)?;
-            let entry = store.get(&name).map_err(|e| err(ErrorCode::NotFound, format!("{e:#}")))?;
+            let entry = store
+                .get(&name)
+                .map_err(|e| err(ErrorCode::NotFound, format!("{e:#}")))?;
             store.remove(&name).map_err(internal)?;
             ResponseBody::Models(vec![models::info(&entry, None)])
         }
