@@ -154,16 +154,13 @@ impl Engine {
 
     /// Queues a forward pass. Invalid requests fail here; the completion yields the outputs
     /// once the batch that finishes the request has run.
-    pub fn submit(&self, req: ForwardRequest) -> Result<Completion<Result<ForwardOutput>>> {
+    pub fn submit(&self, req: ForwardRequest) -> Result<Completion<ForwardOutput>> {
         Ok(self.submit_all(vec![req])?.pop().expect("one request"))
     }
 
     /// Queues several forward passes at once: the scheduler sees them together, so they share
     /// a batch as far as the token budget allows. All are validated before any is queued.
-    pub fn submit_all(
-        &self,
-        reqs: Vec<ForwardRequest>,
-    ) -> Result<Vec<Completion<Result<ForwardOutput>>>> {
+    pub fn submit_all(&self, reqs: Vec<ForwardRequest>) -> Result<Vec<Completion<ForwardOutput>>> {
         for r in &reqs {
             r.validate(
                 self.pool.num_pages(),

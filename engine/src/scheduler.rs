@@ -164,7 +164,7 @@ impl EngineStats {
 
 pub(crate) struct Pending {
     pub req: ForwardRequest,
-    pub done: Completer<Result<ForwardOutput>>,
+    pub done: Completer<ForwardOutput>,
 }
 
 struct Active {
@@ -174,7 +174,7 @@ struct Active {
     /// Tokens already run (chunked prefill progress).
     progress: usize,
     results: Vec<Option<SampleOutput>>,
-    done: Completer<Result<ForwardOutput>>,
+    done: Completer<ForwardOutput>,
 }
 
 impl Active {
@@ -381,7 +381,18 @@ fn run_batch(
     stats.sequences.fetch_add(picks.len() as u64, Relaxed);
     stats.tokens.fetch_add(batch.tokens.len() as u64, Relaxed);
     let vocab = backend.config().vocab_size;
-    match backend.forward(&batch) {
+    // A panic in the backend (a bug) fails this batch's requests instead of killing the
+    // engine thread and leaving every caller waiting.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.forward(&batch)))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::InvalidRequest(format!("backend panicked: {msg}")))
+        });
+    match result {
         Ok(logits) => {
             for (row, &(pi, si)) in out_map.iter().enumerate() {
                 let p = &picks[pi];

@@ -131,7 +131,7 @@ pub fn matmul(
     // balance threads that run at uneven speeds on a shared machine.
     const UNIT: usize = 4;
     let units = w.nb.div_ceil(UNIT);
-    let n_tasks = units.min(pool.n_threads() * 4).max(1);
+    let n_tasks = units.min(pool.n_threads() * 8).max(1);
     let per = units.div_ceil(n_tasks);
     let n_tasks = units.div_ceil(per);
     let outp = SyncPtr(out.as_mut_ptr());
