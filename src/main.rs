@@ -53,6 +53,9 @@ enum Command {
     /// Manage the model store directly, without a running daemon
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Write man pages and shell completions into DIR (for packaging)
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +106,10 @@ fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(Command::GenerateDocs { dir }) = &cli.command {
+        use clap::CommandFactory;
+        return Ok(proto::docs::generate(Cli::command(), dir)?);
+    }
     let (mut config, config_path) = load_config(cli.config.as_deref())?;
     if let Some(Command::CheckConfig) = cli.command {
         println!(

@@ -92,6 +92,9 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Write man pages and shell completions into DIR (for packaging)
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -199,12 +202,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::GenerateDocs { dir } = &cli.command {
+        use clap::CommandFactory;
+        proto::docs::generate(Cli::command(), dir)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Version { json } = &cli.command {
         return version(&cli.socket, *json);
     }
     let mut client = Client::connect(&cli.socket)?;
     match cli.command {
-        Command::Version { .. } => unreachable!("handled above"),
+        Command::Version { .. } | Command::GenerateDocs { .. } => unreachable!("handled above"),
         Command::Status { json } => {
             let ResponseBody::Status(s) = client.call(RequestBody::Status)? else {
                 bail!("unexpected reply");

@@ -14,6 +14,8 @@
 //!
 //! This crate is deliberately small (no tokio, no wasmtime): the daemon and the CLI share it.
 
+#[cfg(feature = "docs")]
+pub mod docs;
 mod frame;
 mod messages;
 
