@@ -179,6 +179,11 @@ impl KvPool {
         self.lock().refs[page as usize]
     }
 
+    /// Whether the page is in the content-hash index (others may look it up and share it).
+    pub fn is_indexed(&self, page: PageId) -> bool {
+        self.lock().hash[page as usize].is_some()
+    }
+
     /// Registers a full page under its content hash so that other contexts can share it.
     /// Returns the page already registered under `hash` if there is one (retained for the
     /// caller), else `None`.
@@ -312,7 +317,12 @@ impl KvContext {
         let need = (len + n).div_ceil(ps);
         let extra = need.saturating_sub(self.pages.len());
         let partial = !len.is_multiple_of(ps) && n > 0;
-        let cow = partial && self.pool.refcount(self.pages[len / ps]) > 1;
+        // Copy before writing into a page that someone else holds, or that is indexed by its
+        // content hash (after `truncate` into it): its cached content must stay as hashed.
+        let cow = partial && {
+            let p = self.pages[len / ps];
+            self.pool.refcount(p) > 1 || self.pool.is_indexed(p)
+        };
         let mut fresh = self.pool.alloc(extra + cow as usize)?;
         let mut copies = Vec::new();
         if cow {
@@ -372,7 +382,7 @@ impl KvContext {
         }
     }
 
-    /// Drops the last `n` tokens (pages past the new end are released).
+    /// Keeps only the first `new_len` tokens (pages past the new end are released).
     pub fn truncate(&mut self, new_len: usize) {
         let ps = self.pool.page_size;
         if new_len >= self.tokens.len() {

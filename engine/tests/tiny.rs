@@ -192,6 +192,21 @@ fn fork_and_prefix_sharing_match_recomputation() {
     assert_close(logits(&oc[2]), &rc[10], 2e-3, "prefix-shared");
     assert!(e.kv_pool().stats().shared >= stats_before.shared);
 
+    // Truncating into a committed page and writing a different suffix must not change what
+    // the prefix cache serves for the original tokens (d is the pages' only owner).
+    let p2 = seq(8, 7);
+    let mut d = e.new_context();
+    e.step(3, &mut d, &p2, vec![]).unwrap();
+    d.truncate(6);
+    e.step(3, &mut d, &[50, 51], vec![]).unwrap();
+    let full2 = [p2.clone(), vec![9, 9, 9]].concat();
+    let (mut f, cached) = KvContext::with_prefix(e.kv_pool().clone(), &full2);
+    assert_eq!(cached, 8);
+    let of = e.step(4, &mut f, &full2[8..], all_logits(3)).unwrap();
+    let rf = reference_logits(&spec, &t, &full2, &|_, _| true);
+    assert_close(logits(&of[2]), &rf[10], 2e-3, "prefix cache after truncate");
+    drop((d, f));
+
     // Dropping every context frees all pages except the cached, hash-indexed ones.
     drop((a, b, c));
     let s = e.kv_pool().stats();

@@ -49,6 +49,15 @@ impl PackedMatrix {
         PackedMatrix { n, k, kp, nb, data }
     }
 
+    /// Row `r` as f32 (an embedding lookup from a tied LM head).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let (b, lane) = (r / 16, r % 16);
+        let blk = &self.data[b * self.kp..(b + 1) * self.kp];
+        for (j, o) in out.iter_mut().enumerate().take(self.k) {
+            *o = bf16_to_f32(blk[j / 2].0[lane * 2 + (j & 1)]);
+        }
+    }
+
     /// Bytes held.
     pub fn size_bytes(&self) -> usize {
         self.data.len() * 64

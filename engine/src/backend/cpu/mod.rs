@@ -107,6 +107,8 @@ pub struct CpuBackend {
     isa: Isa,
     prec: ActPrecision,
     pool: ThreadPool,
+    /// Row-major token embeddings; empty when tied to the LM head, whose packed copy then
+    /// serves the lookups (saves vocab × hidden × 2 bytes).
     embedding: Vec<u16>,
     lm_head: PackedMatrix,
     final_norm: Vec<f32>,
@@ -159,9 +161,12 @@ impl CpuBackend {
             });
         }
         let embedding = loader.embedding()?;
-        let lm_head = match loader.lm_head()? {
-            Some(w) => PackedMatrix::pack(&w, cfg.vocab_size, h),
-            None => PackedMatrix::pack(&embedding, cfg.vocab_size, h),
+        let (lm_head, embedding) = match loader.lm_head()? {
+            Some(w) => (PackedMatrix::pack(&w, cfg.vocab_size, h), embedding),
+            None => (
+                PackedMatrix::pack(&embedding, cfg.vocab_size, h),
+                Vec::new(),
+            ),
         };
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism()
@@ -329,9 +334,14 @@ impl Backend for CpuBackend {
             s.row_seq.extend(std::iter::repeat_n(i as u32, sq.len));
         }
         for (r, &tok) in b.tokens.iter().enumerate() {
-            let e = &self.embedding[tok as usize * hsz..(tok as usize + 1) * hsz];
-            for (d, &v) in s.x[r * hsz..(r + 1) * hsz].iter_mut().zip(e) {
-                *d = bf16_to_f32(v);
+            let dst = &mut s.x[r * hsz..(r + 1) * hsz];
+            if self.embedding.is_empty() {
+                self.lm_head.row_f32(tok as usize, dst);
+            } else {
+                let e = &self.embedding[tok as usize * hsz..(tok as usize + 1) * hsz];
+                for (d, &v) in dst.iter_mut().zip(e) {
+                    *d = bf16_to_f32(v);
+                }
             }
         }
         // RoPE angles once per batch, shared by all layers.
