@@ -122,6 +122,9 @@ impl ForwardRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForwardOutput {
     pub outputs: Vec<SampleOutput>,
+    /// Sequence number (1-based) of the batch that completed the request: for tracing and for
+    /// checking scheduling order.
+    pub batch: u64,
 }
 
 /// Counters the engine thread updates (read them with `Engine::stats`).
@@ -240,7 +243,8 @@ pub(crate) fn run(
                     .into_iter()
                     .map(|o| o.expect("every slot computed"))
                     .collect();
-                a.done.complete(Ok(ForwardOutput { outputs }));
+                let batch = stats.batches.load(Relaxed);
+                a.done.complete(Ok(ForwardOutput { outputs, batch }));
                 stats.requests_done.fetch_add(1, Relaxed);
             }
         }

@@ -296,6 +296,43 @@ fn pool_exhaustion_errors_then_recovers() {
 }
 
 #[test]
+fn decode_steps_are_not_starved_by_a_long_prefill() {
+    let spec = TinySpec::default();
+    let (_d, _t, e) = setup(
+        &spec,
+        EngineOptions {
+            max_batch_tokens: 8,
+            ..opts(4)
+        },
+    );
+    let mut long = e.new_context();
+    let mut short = e.new_context();
+    let mut other = e.new_context();
+    e.step(2, &mut short, &seq(5, 1), vec![]).unwrap();
+    let base = e.stats().batches;
+    let reqs = vec![
+        ForwardRequest::new(1, seq(64, 2), 0, long.plan(64).unwrap()).output(63, Sampler::Greedy),
+        ForwardRequest::new(2, vec![7], 5, short.plan(1).unwrap()).output(0, Sampler::Greedy),
+        ForwardRequest::new(3, seq(20, 3), 0, other.plan(20).unwrap()).output(19, Sampler::Greedy),
+    ];
+    let mut out: Vec<u64> = e
+        .submit_all(reqs)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.wait().unwrap().batch - base)
+        .collect();
+    // The decode step goes in the first batch; the two prefills share the budget fairly, so
+    // the shorter one finishes long before the 64-token one.
+    assert_eq!(out[1], 1, "decode step in the first batch");
+    assert!(
+        out[2] <= 6,
+        "the 20-token prefill got its fair share: {out:?}"
+    );
+    out.sort();
+    assert_eq!(out[2], e.stats().batches - base);
+}
+
+#[test]
 fn invalid_requests_are_rejected() {
     let spec = TinySpec::default();
     let (_d, _t, e) = setup(&spec, opts(4));
