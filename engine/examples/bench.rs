@@ -117,12 +117,14 @@ fn main() {
     }
     let prefill_tps = n_prompt as f64 / best;
 
-    // Single-stream decode.
-    let (mut ctx, t) = prefill(&engine, 0, &prompt);
-    let t1 = Instant::now();
-    decode(&engine, 0, &mut ctx, t, n_gen);
-    let decode_tps = n_gen as f64 / t1.elapsed().as_secs_f64();
-    drop(ctx);
+    // Single-stream decode: best of 2 (other processes on the machine skew single runs).
+    let mut decode_tps: f64 = 0.0;
+    for _ in 0..2 {
+        let (mut ctx, t) = prefill(&engine, 0, &prompt);
+        let t1 = Instant::now();
+        decode(&engine, 0, &mut ctx, t, n_gen);
+        decode_tps = decode_tps.max(n_gen as f64 / t1.elapsed().as_secs_f64());
+    }
 
     println!("| metric | value |");
     println!("|---|---|");

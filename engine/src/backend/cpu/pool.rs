@@ -21,7 +21,10 @@ use std::thread::{JoinHandle, Thread};
 /// How many spin iterations a worker waits before parking: long enough to bridge the gaps
 /// between the parallel regions of one forward pass, short enough not to burn a core while
 /// the engine is idle.
-const SPINS_BEFORE_PARK: u32 = 1 << 15;
+const SPINS_BEFORE_PARK: u32 = 1 << 14;
+
+/// Pure spinning (lowest wake-up latency) covers the gaps inside one forward pass.
+const SPINS_BEFORE_YIELD: u32 = 1 << 11;
 
 const IDX_BITS: u64 = 20;
 const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
@@ -155,8 +158,15 @@ impl ThreadPool {
         if let Some(i) = s.claim() {
             s.run_claimed(i);
         }
+        let mut spins = 0u32;
         while s.done.load(Acquire) != n_tasks {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins < SPINS_BEFORE_YIELD {
+                std::hint::spin_loop();
+            } else {
+                // The worker holding the last task may have been descheduled: let it run.
+                std::thread::yield_now();
+            }
         }
         if s.panicked.swap(false, SeqCst) {
             panic!("a task of the engine thread pool panicked");
@@ -176,8 +186,14 @@ fn worker(s: Arc<Shared>, idx: usize) {
             return;
         }
         spins += 1;
-        if spins < SPINS_BEFORE_PARK {
+        if spins < SPINS_BEFORE_YIELD {
             std::hint::spin_loop();
+            continue;
+        }
+        if spins < SPINS_BEFORE_PARK {
+            // Between forward passes the engine thread and the callers need the cores (to
+            // sample, complete, submit the next step): yield rather than burn them.
+            std::thread::yield_now();
             continue;
         }
         // Dekker-style handshake with `run`: announce sleep, then re-check for work.
