@@ -337,6 +337,11 @@ impl Daemon {
             }
             futures_wait_all(&running).await;
         }
+        // Logs and records are written without fsync while processes run; make them
+        // durable before the daemon goes.
+        if let Ok(dir) = std::fs::File::open(&self.state_dir) {
+            let _ = nix::unistd::syncfs(&dir);
+        }
     }
 }
 

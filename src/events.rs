@@ -131,9 +131,6 @@ impl EventLog {
     fn publish(&self, mut inner: std::sync::MutexGuard<'_, Inner>, ends: bool) {
         if ends {
             inner.ended = true;
-            if let Some(f) = inner.file.as_mut() {
-                let _ = f.sync_data();
-            }
         }
         let next = inner.next_seq;
         drop(inner);

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::events::EventLog;
 use crate::runtime::Control;
-use crate::util::{unix_ms, write_atomic};
+use crate::util::{Durability, unix_ms, write_atomic};
 
 pub struct Process {
     pub id: u64,
@@ -92,7 +92,12 @@ pub struct ProcessTable {
 }
 
 fn save(path: &Path, info: &ProcessInfo) -> Result<()> {
-    write_atomic(path, &serde_json::to_vec_pretty(info)?).context("cannot write process metadata")
+    write_atomic(
+        path,
+        &serde_json::to_vec_pretty(info)?,
+        Durability::Buffered,
+    )
+    .context("cannot write process metadata")
 }
 
 impl ProcessTable {

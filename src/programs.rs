@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::runtime::{Loaded, Runtime};
-use crate::util::{unix_ms, write_atomic};
+use crate::util::{Durability, unix_ms, write_atomic};
 
 /// Shortest sha256 prefix accepted as a program reference.
 const MIN_PREFIX: usize = 6;
@@ -126,8 +126,8 @@ impl ProgramStore {
         };
         // The .json is written last: it is what makes a program exist.
         let write = || -> Result<()> {
-            write_atomic(&self.path(&sha, "wasm"), &wasm)?;
-            write_atomic(&self.path(&sha, "cwasm"), &compiled)?;
+            write_atomic(&self.path(&sha, "wasm"), &wasm, Durability::Synced)?;
+            write_atomic(&self.path(&sha, "cwasm"), &compiled, Durability::Synced)?;
             self.write_meta(&sha, &meta)
         };
         if let Err(e) = write() {
@@ -147,8 +147,12 @@ impl ProgramStore {
     }
 
     fn write_meta(&self, sha: &str, meta: &Meta) -> Result<()> {
-        write_atomic(&self.path(sha, "json"), &serde_json::to_vec_pretty(meta)?)
-            .context("cannot write program metadata")
+        write_atomic(
+            &self.path(sha, "json"),
+            &serde_json::to_vec_pretty(meta)?,
+            Durability::Synced,
+        )
+        .context("cannot write program metadata")
     }
 
     fn info(&self, sha: &str, meta: &Meta) -> ProgramInfo {
@@ -250,7 +254,7 @@ impl ProgramStore {
                     .runtime
                     .precompile(info.kind, &wasm)
                     .map_err(|e| StoreError::Invalid(format!("{e:#}")))?;
-                write_atomic(&cwasm, &compiled)
+                write_atomic(&cwasm, &compiled, Durability::Synced)
                     .map_err(|e| StoreError::Io(anyhow::anyhow!("cannot write artifact: {e}")))?;
                 self.runtime
                     .load(info.kind, &cwasm)

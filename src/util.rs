@@ -11,14 +11,26 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// How hard [`write_atomic`] tries to survive a power cut.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before the rename: for the program store, which must never hold a torn file.
+    Synced,
+    /// Rename only: readers still never see a torn file, but a power cut may lose the update.
+    /// For per-launch records, where an fsync would dominate launch latency.
+    Buffered,
+}
+
 /// Writes a file so that readers see either the old or the new content, never a torn one:
-/// write a temp file beside it, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// write a temp file beside it, (fsync,) rename.
+pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_data()?;
+        if durability == Durability::Synced {
+            f.sync_data()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
