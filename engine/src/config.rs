@@ -35,6 +35,9 @@ pub struct ModelConfig {
     /// Whether q/k/v projections carry a bias (Qwen2, or `attention_bias: true`).
     pub qkv_bias: bool,
     pub tie_word_embeddings: bool,
+    /// Mistral-style sliding-window attention: a token sees itself and the `w - 1` slots
+    /// before it.
+    pub sliding_window: Option<usize>,
     pub max_position_embeddings: usize,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
@@ -60,6 +63,8 @@ struct Raw {
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
 }
 
 fn ids(v: &Option<serde_json::Value>) -> Vec<u32> {
@@ -183,6 +188,10 @@ impl ModelConfig {
             rope_scaling,
             qkv_bias: qwen || raw.attention_bias.unwrap_or(false),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            // Qwen2 configs carry a window but disable it with `use_sliding_window: false`.
+            sliding_window: raw
+                .sliding_window
+                .filter(|&w| w > 0 && raw.use_sliding_window.unwrap_or(!qwen)),
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             bos_token_id: ids(&raw.bos_token_id).first().copied(),
             eos_token_ids: ids(&raw.eos_token_id),

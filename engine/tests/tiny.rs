@@ -66,6 +66,11 @@ fn forward_matches_reference_for_each_variant() {
             seed: 3,
             ..Default::default()
         },
+        TinySpec {
+            window: Some(4),
+            seed: 4,
+            ..Default::default()
+        },
     ];
     for spec in variants {
         let (_d, t, e) = setup(&spec, opts(4));

@@ -15,6 +15,8 @@ pub struct TinySpec {
     pub qkv_bias: bool,
     pub tied: bool,
     pub llama3_rope: bool,
+    /// Mistral sliding window (architecture MistralForCausalLM when set).
+    pub window: Option<usize>,
     pub seed: u64,
 }
 
@@ -30,6 +32,7 @@ impl Default for TinySpec {
             qkv_bias: false,
             tied: true,
             llama3_rope: false,
+            window: None,
             seed: 1,
         }
     }
@@ -217,6 +220,10 @@ pub fn config_json(s: &TinySpec) -> serde_json::Value {
         "bos_token_id": 1,
         "eos_token_id": 2,
     });
+    if let Some(w) = s.window {
+        c["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+        c["sliding_window"] = w.into();
+    }
     if s.llama3_rope {
         c["rope_scaling"] = serde_json::json!({
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -342,7 +349,7 @@ pub fn reference_logits(
                 let q = &qs[i][hh * hd..(hh + 1) * hd];
                 let sc: Vec<Option<f64>> = (0..=i)
                     .map(|j| {
-                        allowed(i, j).then(|| {
+                        (allowed(i, j) && s.window.is_none_or(|w| i - j < w)).then(|| {
                             q.iter()
                                 .zip(&ks[j][kvh * hd..(kvh + 1) * hd])
                                 .map(|(a, b)| a * b)

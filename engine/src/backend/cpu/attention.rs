@@ -95,9 +95,11 @@ pub fn attention(
     row_seq: &[u32],
     qkv: &[f32],
     n_heads: usize,
+    window: Option<usize>,
     out: &mut [f32],
 ) {
     let a = Args {
+        window,
         isa,
         kv,
         layer,
@@ -119,6 +121,7 @@ pub fn attention(
 }
 
 struct Args<'a> {
+    window: Option<usize>,
     isa: Isa,
     kv: &'a KvStore,
     layer: usize,
@@ -151,6 +154,8 @@ fn attend(a: &Args, task: usize) {
     let s = &a.seqs[a.row_seq[r] as usize];
     let i = r - s.start;
     let ctx = s.kv_len + i + 1;
+    // Sliding window: slots before `first` are out of reach (treated as masked).
+    let first = a.window.map_or(0, |w| ctx.saturating_sub(w));
     let q = &a.qkv[r * row_w + g * group * hd..r * row_w + (g + 1) * group * hd];
     // SAFETY: each task owns out[r, g*group*hd..(g+1)*group*hd].
     let o = unsafe {
@@ -170,7 +175,7 @@ fn attend(a: &Args, task: usize) {
         } else {
             false
         };
-        for j in 0..ctx {
+        for j in first..ctx {
             if masked && !allowed[j] {
                 continue;
             }
@@ -193,7 +198,7 @@ fn attend(a: &Args, task: usize) {
             let sum = simd::exp_sub_sum(isa, &mut scores[h * ctx..(h + 1) * ctx], max[h]);
             inv[h] = 1.0 / sum;
         }
-        for j in 0..ctx {
+        for j in first..ctx {
             if masked && !allowed[j] {
                 continue;
             }

@@ -399,6 +399,7 @@ impl Backend for CpuBackend {
                 &s.row_seq,
                 &s.qkv,
                 cfg.num_heads,
+                cfg.sliding_window,
                 &mut s.attn,
             );
             prof.lap(1, &mut clock);
