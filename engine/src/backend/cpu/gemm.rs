@@ -559,7 +559,9 @@ mod x86 {
     }
 
     thread_local! {
-        static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        // 64-byte aligned (one `Chunk` = one K row of 16 f32): unaligned rows would make every
+        // other 32-byte weight load straddle two cache lines.
+        static WIDE: std::cell::RefCell<Vec<Chunk>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// Rows per M chunk: a chunk of activations (48 × K f32) stays in L2 while every block of
@@ -593,8 +595,8 @@ mod x86 {
             }
             WIDE.with(|wide| {
                 let mut wide = wide.borrow_mut();
-                wide.resize(32 * kp, 0.0);
-                let wb = wide.as_mut_ptr();
+                wide.resize(2 * kp, Chunk([0; 32]));
+                let wb = wide.as_mut_ptr() as *mut f32;
                 let k2 = 2 * kp;
                 for m0 in (0..m).step_by(MC) {
                     let m1 = (m0 + MC).min(m);
