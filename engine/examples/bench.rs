@@ -16,6 +16,17 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds this process has used (user + system), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn prompt_tokens(engine: &Engine, n: usize) -> Vec<u32> {
     let text = "Once upon a time, there was a little girl named Lily. She loved to play in the park \
                 with her friends and watch the birds sing in the tall green trees. ";
@@ -106,6 +117,7 @@ fn main() {
         engine.backend_name()
     );
     let prompt = prompt_tokens(&engine, n_prompt);
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
 
     // Prefill: best of 3 after a warm-up.
     let _ = prefill(&engine, 0, &prompt);
@@ -160,6 +172,22 @@ fn main() {
         );
     }
     println!("| peak RSS | {:.0} MiB |", peak_rss_mib());
+    let threads_used = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    // How much of the machine this run actually got: other processes (builds) lower it, and
+    // every throughput above scales with it.
+    println!(
+        "| CPU share obtained | {:.0}% of {threads_used} cores (load average {}) |",
+        100.0 * (cpu_seconds() - cpu0) / (wall0.elapsed().as_secs_f64() * threads_used as f64),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+    );
     let s = engine.stats();
     eprintln!("stats: {s:?}");
 }
