@@ -20,9 +20,39 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub runtime: RuntimeConfig,
     pub limits: LimitsConfig,
+    pub engine: EngineConfig,
     /// `[[model]]` tables: the models of the store that load, and which is the default.
     #[serde(rename = "model")]
     pub models: Vec<ModelConfig>,
+}
+
+/// How each loaded model's engine runs (fixed at start).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// CPU threads for forward passes; 0 = all cores.
+    pub threads: usize,
+    /// Memory for each model's KV page pool.
+    pub kv_memory_mib: u64,
+    /// Tokens per KV page.
+    pub page_size: usize,
+    /// When the KV pool is full: 0 = fail the request at once; else wait this long for
+    /// pages to be released, then fail.
+    pub exhausted_wait_ms: u64,
+    /// Most tokens in one batch (long prefills are cut into chunks of this size).
+    pub max_batch_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            threads: 0,
+            kv_memory_mib: 512,
+            page_size: 32,
+            exhausted_wait_ms: 0,
+            max_batch_tokens: 512,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +220,23 @@ impl Config {
         for m in &self.models {
             model_store::validate_name(&m.name)
                 .map_err(|e| err("model", "name", format!("{e:#}")))?;
+        }
+        if !(1..=1024).contains(&self.engine.page_size) {
+            return Err(err(
+                "engine",
+                "page_size",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if self.engine.kv_memory_mib == 0 {
+            return Err(err("engine", "kv_memory_mib", "must be at least 1".into()));
+        }
+        if self.engine.max_batch_tokens == 0 {
+            return Err(err(
+                "engine",
+                "max_batch_tokens",
+                "must be at least 1".into(),
+            ));
         }
         if self.models.iter().filter(|m| m.default).count() > 1 {
             return Err(err(

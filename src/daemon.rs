@@ -11,6 +11,7 @@ use proto::{ErrorCode, ErrorReply, LaunchSpec, Limits, ProcessInfo, ProcessState
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{Config, within};
+use crate::llm::Llm;
 use crate::procs::{Process, ProcessTable};
 use crate::programs::{ProgramStore, StoreError};
 use crate::runtime::{ProcessIo, Runtime, RuntimeSizing};
@@ -29,6 +30,7 @@ pub struct Daemon {
     pub runtime: Arc<Runtime>,
     pub programs: ProgramStore,
     pub procs: ProcessTable,
+    pub llm: Llm,
     running: AtomicUsize,
     draining: AtomicBool,
     started: Instant,
@@ -75,6 +77,7 @@ impl Daemon {
         let programs = ProgramStore::open(&state_dir.join("programs"), runtime.clone())?;
         let procs = ProcessTable::open(&state_dir)?;
         std::fs::create_dir_all(state_dir.join("scratch"))?;
+        let llm = Llm::load(&config, &state_dir);
         Ok(Arc::new(Daemon {
             config: RwLock::new(Arc::new(config)),
             config_path,
@@ -83,6 +86,7 @@ impl Daemon {
             runtime,
             programs,
             procs,
+            llm,
             running: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             started: Instant::now(),
@@ -308,6 +312,18 @@ impl Daemon {
         }
         if new.daemon.state_dir != old.daemon.state_dir || new.daemon.socket != old.daemon.socket {
             fixed.push("[daemon] socket/state_dir");
+        }
+        let names = |c: &Config| {
+            c.models
+                .iter()
+                .map(|m| (m.name.clone(), m.default))
+                .collect::<Vec<_>>()
+        };
+        if names(&new) != names(&old) {
+            fixed.push("[[model]]");
+        }
+        if new.engine != old.engine {
+            fixed.push("[engine]");
         }
         if !fixed.is_empty() {
             return Err(err(

@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod daemon;
 mod events;
+mod llm;
 mod models;
 mod procs;
 mod programs;

@@ -79,3 +79,61 @@ fn offline_import_for_fetch_model() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["name"], "smollm2-135m");
 }
+
+#[test]
+fn configured_models_load_into_engines_and_missing_ones_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = std::process::Command::new(pied_bin())
+        .args(["--state-dir", path_str(&state), "model", "import"])
+        .arg(default_gguf())
+        .args(["--name", "smol"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pied = Pied::start_in(
+        dir.path(),
+        "[engine]\nkv_memory_mib = 64\npage_size = 16\n[[model]]\nname = \"smol\"\ndefault = true\n[[model]]\nname = \"absent\"\n",
+    );
+    let s: serde_json::Value =
+        serde_json::from_slice(&pied.ctl(&["status", "--json"]).stdout).unwrap();
+    let models = s["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    let absent = &models[0];
+    assert_eq!(absent["name"], "absent");
+    assert!(
+        absent["error"]
+            .as_str()
+            .unwrap()
+            .contains("pie-ctl model import"),
+        "{absent}"
+    );
+    let smol = &models[1];
+    assert_eq!(smol["name"], "smol");
+    assert!(smol["error"].is_null(), "{smol}");
+    assert_eq!(smol["default"], true);
+    assert_eq!(smol["page_size"], 16);
+    // 64 MiB of KV at 30 layers x 3 kv heads x 64 dims x 2 (k,v) x 4 bytes x 16 tokens.
+    assert_eq!(
+        smol["kv_pages_total"],
+        (64u64 << 20) / (30 * 192 * 2 * 4 * 16)
+    );
+    // The daemon still runs WASI programs.
+    assert!(
+        pied.ctl(&["launch", path_str(&guest("hello"))])
+            .status
+            .success()
+    );
+    // Model tables cannot change on reload.
+    std::fs::write(
+        &pied.config,
+        config_text(&pied.dir, "[[model]]\nname = \"smol\"\n"),
+    )
+    .unwrap();
+    let out = pied.ctl(&["reload"]);
+    assert!(
+        text(&out.stderr).contains("[[model]]"),
+        "{}",
+        text(&out.stderr)
+    );
+}

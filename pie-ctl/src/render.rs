@@ -68,6 +68,22 @@ pub fn status(s: &DaemonStatus, json: bool) -> Result<()> {
     if s.draining {
         println!("state:       draining (shutting down)");
     }
+    for m in &s.models {
+        let name = format!("{}{}", m.name, if m.default { " (default)" } else { "" });
+        match &m.error {
+            Some(e) => println!("model:       {name}: NOT LOADED: {e}"),
+            None => println!(
+                "model:       {name}: kv pages {}/{} in use ({} cached, {} tokens each); {} batches, mean size {:.1}, {} tokens",
+                m.kv_pages_in_use,
+                m.kv_pages_total,
+                m.kv_pages_cached,
+                m.page_size,
+                m.batches,
+                m.mean_batch_size,
+                m.tokens_processed
+            ),
+        }
+    }
     Ok(())
 }
 

@@ -239,6 +239,25 @@ pub struct DaemonStatus {
     pub max_limits: Limits,
     /// The caller's identity as the daemon sees it.
     pub you: Caller,
+    /// The models named by pied.toml's `[[model]]` tables and their engines.
+    pub models: Vec<ModelStatus>,
+}
+
+/// A configured model: loaded into an engine, or why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub default: bool,
+    /// `None` when loaded; else why the model could not be loaded.
+    pub error: Option<String>,
+    pub page_size: u64,
+    pub kv_pages_total: u64,
+    pub kv_pages_in_use: u64,
+    /// Unreferenced pages kept for prefix reuse (available to new requests).
+    pub kv_pages_cached: u64,
+    pub batches: u64,
+    pub mean_batch_size: f64,
+    pub tokens_processed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -222,6 +222,7 @@ fn status(daemon: &Daemon, caller: &Caller) -> DaemonStatus {
         default_limits: config.limits.default_limits(),
         max_limits: config.limits.max_limits(),
         you: caller.to_proto(),
+        models: daemon.llm.status(),
     }
 }
 
