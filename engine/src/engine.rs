@@ -237,3 +237,17 @@ impl Drop for Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The daemon shares one `Engine` between its async tasks and threads.
+    #[test]
+    fn engine_handles_are_thread_safe() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<super::Engine>();
+        send_sync::<crate::KvPool>();
+        send::<crate::KvContext>();
+        send::<crate::Completion<crate::ForwardOutput>>();
+    }
+}

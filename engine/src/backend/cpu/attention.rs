@@ -161,8 +161,11 @@ fn attend(a: &Args, task: usize) {
     let o = unsafe {
         std::slice::from_raw_parts_mut(a.out.ptr().add(r * q_dim + g * group * hd), group * hd)
     };
-    SCRATCH.with(|sc| {
-        let (scores, allowed) = &mut *sc.borrow_mut();
+    // The scratch is used outside a `with` closure: the closure would be compiled without the
+    // caller's target features, and the SIMD helpers would not inline into it.
+    // SAFETY: thread-local and not re-entered (attention tasks do not nest).
+    let (scores, allowed) = unsafe { &mut *SCRATCH.with(|sc| sc.as_ptr()) };
+    {
         scores.clear();
         scores.resize(group * ctx + 2 * group, f32::NEG_INFINITY);
         let (scores, stats) = scores.split_at_mut(group * ctx);
@@ -212,5 +215,5 @@ fn attend(a: &Args, task: usize) {
                 }
             }
         }
-    });
+    }
 }

@@ -233,6 +233,7 @@ mod x86 {
         _mm512_scalef_ps(p, fi)
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot256(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
@@ -270,6 +271,7 @@ mod x86 {
         t
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy256(alpha: f32, x: &[f32], y: &mut [f32]) {
         let n = x.len().min(y.len());
@@ -290,6 +292,7 @@ mod x86 {
         }
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn exp_sub_sum256(x: &mut [f32], max: f32) -> f32 {
         let n = x.len();
@@ -316,6 +319,7 @@ mod x86 {
     }
 
     /// AVX2 version of `exp512`: 2^integer part built directly in the exponent bits.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn exp256(x0: __m256) -> __m256 {
         let x = _mm256_max_ps(
