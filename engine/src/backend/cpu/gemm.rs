@@ -111,6 +111,25 @@ pub fn pad_activations(a: &[f32], m: usize, k: usize, out: &mut Vec<f32>) {
     }
 }
 
+/// Rows per activation panel of the AVX2 GEMM tile.
+const PANEL: usize = 6;
+
+/// Activations as panels of `PANEL` rows, K-major inside a panel (`[m/6][k2][6]`, zero
+/// padded), so the GEMM tile broadcasts from one sequential stream with fixed offsets.
+pub fn pack_panels(a: &[f32], m: usize, k: usize, out: &mut Vec<f32>) {
+    let k2 = k.div_ceil(2) * 2;
+    let panels = m.div_ceil(PANEL);
+    out.clear();
+    out.resize(panels * k2 * PANEL, 0.0);
+    for r in 0..m {
+        let (q, rr) = (r / PANEL, r % PANEL);
+        let base = q * k2 * PANEL + rr;
+        for (kk, &v) in a[r * k..(r + 1) * k].iter().enumerate() {
+            out[base + kk * PANEL] = v;
+        }
+    }
+}
+
 /// Computes `out = a · wᵀ` (or `out += …` when `accumulate`) for `m` rows.
 /// `a` is `[m, k]` f32, `out` is `[m, w.n]`. `scratch` holds the packed activations.
 pub fn matmul(
@@ -130,7 +149,9 @@ pub fn matmul(
     }
     // Either packed bf16 pairs or padded f32 (stored in the same u32 buffer as bits).
     let f32_mode = prec == ActPrecision::F32 && isa != Isa::Portable;
-    if f32_mode {
+    if f32_mode && isa == Isa::Avx2 && m > 1 {
+        pack_panels(a, m, w.k, &mut scratch.f32s);
+    } else if f32_mode {
         pad_activations(a, m, w.k, &mut scratch.f32s);
     } else {
         pack_activations(a, m, w.k, &mut scratch.pairs);
@@ -528,11 +549,11 @@ mod x86 {
     }
 
     /// MR (≤ 6) rows × 16 columns from a widened block: the classic 6×16 AVX2 SGEMM tile
-    /// (12 accumulators, 2 weight loads and MR broadcasts per K step).
+    /// (12 accumulators, 2 weight loads and MR broadcasts per K step). `a` is one activation
+    /// panel (`[k2][PANEL]`).
     #[inline(always)]
     unsafe fn tile6<const MR: usize>(
         a: *const f32,
-        lda: usize,
         wb: *const f32,
         k2: usize,
         out: *mut f32,
@@ -547,7 +568,7 @@ mod x86 {
                 let w0 = _mm256_loadu_ps(wb.add(16 * k));
                 let w1 = _mm256_loadu_ps(wb.add(16 * k + 8));
                 for (r, cr) in c.iter_mut().enumerate() {
-                    let av = _mm256_set1_ps(*a.add(r * lda + k));
+                    let av = _mm256_set1_ps(*a.add(k * PANEL + r));
                     cr[0] = _mm256_fmadd_ps(w0, av, cr[0]);
                     cr[1] = _mm256_fmadd_ps(w1, av, cr[1]);
                 }
@@ -564,9 +585,9 @@ mod x86 {
         static WIDE: std::cell::RefCell<Vec<Chunk>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    /// Rows per M chunk: a chunk of activations (48 × K f32) stays in L2 while every block of
-    /// the task's column range passes over it.
-    const MC: usize = 48;
+    /// Rows per M chunk (a multiple of PANEL): a chunk of activations (48 × K f32) stays in
+    /// L2 while every block of the task's column range passes over it.
+    const MC: usize = 8 * PANEL;
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn blocks_f32_avx2(
@@ -604,15 +625,16 @@ mod x86 {
                         widen_block(w.data.as_ptr().add(b * kp), kp, wb);
                         let mut r = m0;
                         while r < m1 {
+                            // `r` is a multiple of PANEL: MC is.
                             let (a_r, o_r) = (ap.add(r * k2), out.add(r * w.n));
-                            let rows = (m1 - r).min(6);
+                            let rows = (m1 - r).min(PANEL);
                             match rows {
-                                6 => tile6::<6>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                5 => tile6::<5>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                4 => tile6::<4>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                3 => tile6::<3>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                2 => tile6::<2>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                _ => tile6::<1>(a_r, k2, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                6 => tile6::<6>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                5 => tile6::<5>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                4 => tile6::<4>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                3 => tile6::<3>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                2 => tile6::<2>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                _ => tile6::<1>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
                             }
                             r += rows;
                         }
