@@ -158,3 +158,38 @@ fn process_cap_is_enforced() {
     pied.wait_exit(a);
     let _c = pied.launch_detached(&[path_str(&guest("sleep"))]);
 }
+
+#[test]
+fn ctrl_c_on_a_foreground_launch_kills_the_program() {
+    let pied = Pied::start("");
+    let mut child = pied
+        .ctl_cmd(&["launch", path_str(&guest("spin"))])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the program runs, then interrupt pie-ctl.
+    let start = Instant::now();
+    loop {
+        let ps: serde_json::Value =
+            serde_json::from_slice(&pied.ctl(&["ps", "--json"]).stdout).unwrap();
+        if ps.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "spin never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    let ps: serde_json::Value =
+        serde_json::from_slice(&pied.ctl(&["ps", "--json"]).stdout).unwrap();
+    assert_eq!(ps.as_array().unwrap().len(), 0, "{ps}");
+}

@@ -356,6 +356,13 @@ fn is_code(e: &anyhow::Error, code: ErrorCode) -> bool {
 }
 
 fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
+    if !args.detach {
+        // Catch Ctrl-C before the process exists, so none can slip between launch and follow.
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        }
+    }
     let stdin = match (&args.stdin, args.interactive) {
         (Some(path), _) => StdinMode::Data(
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
@@ -401,6 +408,7 @@ fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
+    kill_on_interrupt(client.sender(), id);
     follow(
         client,
         id,
@@ -411,6 +419,24 @@ fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
             tail: None,
         },
     )
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Ctrl-C on a foreground launch stops the program, as it would a local one: SIGINT (caught
+/// from the start of `launch`) asks pied to kill the process, and pie-ctl then reports its
+/// end as usual.
+fn kill_on_interrupt(sender: client::Sender, id: u64) {
+    std::thread::spawn(move || {
+        while !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = sender.send(RequestBody::Kill { id });
+    });
 }
 
 fn launched_id(r: ResponseBody) -> Result<u64> {
