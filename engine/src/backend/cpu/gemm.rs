@@ -3,11 +3,16 @@
 //! Weights are repacked once at load into blocks of 16 output rows: for every pair of K
 //! columns a 64-byte chunk holds the 16 rows' two values interleaved. That is exactly the
 //! operand layout of AVX512-BF16 `vdpbf16ps` (16 f32 lanes, each += a0·w0 + a1·w1), and it
-//! streams weights sequentially, which is what matters for decode (memory-bound). Activations
-//! are rounded to bf16 pairs once per call (as llama.cpp does for bf16 weights); every ISA uses
-//! the same rounded activations and a fixed per-output accumulation order that does not depend
-//! on M or on the tiling, so a row's result is the same whether it is computed alone or in a
-//! batch.
+//! streams weights sequentially, which is what matters for decode (memory-bound).
+//!
+//! Activations are f32 by default (`ActPrecision::F32`): bf16 weights are widened with a shift
+//! or a mask and multiplied with FMA, which matches an f32 reference. For M = 1 (decode) the
+//! GEMV reads the packed blocks directly; for M > 1 each block is widened once into a small
+//! aligned buffer and a 6×16 tile runs over K-major activation panels. `ActPrecision::Bf16`
+//! rounds activations to bf16 (as llama.cpp does for bf16 weights) to use `vdpbf16ps`.
+//!
+//! Every kernel accumulates each output in K order, in one chain, independent of M and of the
+//! tiling, so a row gives the same bits whether it is computed alone or in a batch.
 
 // Kernels take the operands, strides and tile position explicitly.
 #![allow(clippy::too_many_arguments)]
@@ -147,7 +152,8 @@ pub fn matmul(
     if m == 0 {
         return;
     }
-    // Either packed bf16 pairs or padded f32 (stored in the same u32 buffer as bits).
+    // Activations as bf16 pairs (vdpbf16ps / portable), K-major panels (AVX2 tile) or padded
+    // f32 rows (GEMV and the AVX-512 f32 tile).
     let f32_mode = prec == ActPrecision::F32 && isa != Isa::Portable;
     if f32_mode && isa == Isa::Avx2 && m > 1 {
         pack_panels(a, m, w.k, &mut scratch.f32s);
