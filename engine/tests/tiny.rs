@@ -338,6 +338,37 @@ fn decode_steps_are_not_starved_by_a_long_prefill() {
 }
 
 #[test]
+fn concurrent_callers_get_the_same_results_as_a_lone_caller() {
+    // Eight threads generate greedily at once, so batch composition, chunking and pipelining
+    // vary from run to run; every thread must get exactly what it gets alone.
+    let spec = TinySpec::default();
+    let (_d, _t, e) = setup(
+        &spec,
+        EngineOptions {
+            max_batch_tokens: 16,
+            ..opts(4)
+        },
+    );
+    let prompts: Vec<Vec<u32>> = (0..8).map(|i| seq(3 + 5 * i, i as u32)).collect();
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| e.generate_greedy(0, p, 12).unwrap())
+        .collect();
+    let together: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let hs: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let e = &e;
+                s.spawn(move || e.generate_greedy(i as u64 + 1, p, 12).unwrap())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together);
+}
+
+#[test]
 fn invalid_requests_are_rejected() {
     let spec = TinySpec::default();
     let (_d, _t, e) = setup(&spec, opts(4));
