@@ -178,17 +178,21 @@ fn attend(a: &Args, task: usize) {
         } else {
             false
         };
-        for j in first..ctx {
-            if masked && !allowed[j] {
-                continue;
-            }
-            let page = s.kv_pages[j / ps] as usize;
-            let off = kv.offset(a.layer, page, g, j % ps);
-            let k = &kv.k[off..off + hd];
-            for h in 0..group {
-                let sc = simd::dot(isa, &q[h * hd..(h + 1) * hd], k) * scale;
-                scores[h * ctx + j] = sc;
-                max[h] = max[h].max(sc);
+        // Page by page: a head's keys within a page are contiguous.
+        for pi in first / ps..ctx.div_ceil(ps) {
+            let base = kv.offset(a.layer, s.kv_pages[pi] as usize, g, 0);
+            let j0 = pi * ps;
+            for j in j0.max(first)..(j0 + ps).min(ctx) {
+                if masked && !allowed[j] {
+                    continue;
+                }
+                let off = base + (j - j0) * hd;
+                let k = &kv.k[off..off + hd];
+                for h in 0..group {
+                    let sc = simd::dot(isa, &q[h * hd..(h + 1) * hd], k) * scale;
+                    scores[h * ctx + j] = sc;
+                    max[h] = max[h].max(sc);
+                }
             }
         }
         o.fill(0.0);
@@ -201,17 +205,20 @@ fn attend(a: &Args, task: usize) {
             let sum = simd::exp_sub_sum(isa, &mut scores[h * ctx..(h + 1) * ctx], max[h]);
             inv[h] = 1.0 / sum;
         }
-        for j in first..ctx {
-            if masked && !allowed[j] {
-                continue;
-            }
-            let page = s.kv_pages[j / ps] as usize;
-            let off = kv.offset(a.layer, page, g, j % ps);
-            let v = &kv.v[off..off + hd];
-            for h in 0..group {
-                let p = scores[h * ctx + j] * inv[h];
-                if p != 0.0 {
-                    simd::axpy(isa, p, v, &mut o[h * hd..(h + 1) * hd]);
+        for pi in first / ps..ctx.div_ceil(ps) {
+            let base = kv.offset(a.layer, s.kv_pages[pi] as usize, g, 0);
+            let j0 = pi * ps;
+            for j in j0.max(first)..(j0 + ps).min(ctx) {
+                if masked && !allowed[j] {
+                    continue;
+                }
+                let off = base + (j - j0) * hd;
+                let v = &kv.v[off..off + hd];
+                for h in 0..group {
+                    let p = scores[h * ctx + j] * inv[h];
+                    if p != 0.0 {
+                        simd::axpy(isa, p, v, &mut o[h * hd..(h + 1) * hd]);
+                    }
                 }
             }
         }
