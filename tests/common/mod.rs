@@ -184,9 +184,19 @@ impl Pied {
         self.ctl_cmd(args).stdin(Stdio::null()).output().unwrap()
     }
 
-    /// Runs pie-ctl as another uid (the test runs as root).
+    /// Runs pie-ctl as another uid (the test runs as root). The binary is copied into the
+    /// test's world-readable dir first: the checkout may sit below a directory that other
+    /// users cannot enter.
     pub fn ctl_as(&self, uid: u32, args: &[&str]) -> Output {
-        self.ctl_cmd(args)
+        let copy = self.dir.join("pie-ctl");
+        if !copy.exists() {
+            std::fs::copy(pie_ctl_bin(), &copy).unwrap();
+        }
+        Command::new(&copy)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("PIE_SOCKET")
             .uid(uid)
             .gid(uid)
             .stdin(Stdio::null())
