@@ -47,6 +47,16 @@ fn full_disk_gives_clear_errors_and_the_daemon_keeps_serving() {
     };
     let pied = Pied::start_in(dir.path(), "");
     let echo = pied.launch_detached(&["-i", path_str(&guest("echo"))]);
+    // Let it print its first line while there is space, so the failure comes with the
+    // output the attach below sees.
+    let start = std::time::Instant::now();
+    while !text(&pied.ctl(&["logs", &echo.to_string()]).stdout).contains("ready") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "echo never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     fill(&pied.state);
 
     // The running process's output still reaches its follower, with a notice.
