@@ -38,10 +38,10 @@ struct Cli {
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Admin socket path (overrides [daemon] socket)
-    #[arg(long)]
+    #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// State directory (overrides [daemon] state_dir)
-    #[arg(long)]
+    #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,

@@ -65,7 +65,8 @@ fn offline_import_for_fetch_model() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let out = std::process::Command::new(pied_bin())
-        .args(["--state-dir", path_str(&state), "model", "import"])
+        // The order scripts/fetch-model uses.
+        .args(["model", "import", "--state-dir", path_str(&state)])
         .arg(default_gguf())
         .args(["--name", "smollm2-135m"])
         .output()
