@@ -162,7 +162,7 @@ fn process_cap_is_enforced() {
 #[test]
 fn ctrl_c_on_a_foreground_launch_kills_the_program() {
     let pied = Pied::start("");
-    let mut child = pied
+    let child = pied
         .ctl_cmd(&["launch", path_str(&guest("spin"))])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
