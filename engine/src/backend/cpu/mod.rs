@@ -17,7 +17,7 @@ use crate::weights::{SafeTensors, bf16_to_f32};
 use attention::KvStore;
 pub use gemm::ActPrecision;
 use gemm::{GemmScratch, PackedMatrix, matmul};
-use pool::ThreadPool;
+use pool::{SyncPtr, ThreadPool};
 use simd::Isa;
 use std::path::Path;
 
@@ -267,6 +267,36 @@ impl CpuBackend {
     }
 }
 
+/// Runs `f(r, row_of_out)` for rows `0..t` of `out` (rows `width` long), on the pool when the
+/// batch is large enough to pay for a parallel region (prefill), else on the caller (decode).
+fn par_rows(
+    pool: &ThreadPool,
+    t: usize,
+    out: &mut [f32],
+    width: usize,
+    f: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    const MIN_PAR: usize = 8;
+    if t < MIN_PAR {
+        for (r, row) in out.chunks_exact_mut(width).take(t).enumerate() {
+            f(r, row);
+        }
+        return;
+    }
+    let n_tasks = t.min(pool.n_threads() * 4);
+    let per = t.div_ceil(n_tasks);
+    let n_tasks = t.div_ceil(per);
+    let p = SyncPtr(out.as_mut_ptr());
+    assert!(out.len() >= t * width);
+    pool.run(n_tasks, &|task| {
+        for r in task * per..((task + 1) * per).min(t) {
+            // SAFETY: tasks own disjoint row ranges of `out`, which holds `t` rows.
+            let row = unsafe { std::slice::from_raw_parts_mut(p.ptr().add(r * width), width) };
+            f(r, row);
+        }
+    });
+}
+
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let r = 1.0 / (ss + eps).sqrt();
@@ -358,14 +388,15 @@ impl Backend for CpuBackend {
         let prof = &mut self.profile;
         let mut clock = std::time::Instant::now();
         for (li, layer) in self.layers.iter().enumerate() {
-            for r in 0..t {
+            let x = &s.x;
+            par_rows(&self.pool, t, &mut s.h, hsz, &|r, h| {
                 rms_norm(
-                    &s.x[r * hsz..(r + 1) * hsz],
+                    &x[r * hsz..(r + 1) * hsz],
                     &layer.input_norm,
                     cfg.rms_norm_eps,
-                    &mut s.h[r * hsz..(r + 1) * hsz],
-                );
-            }
+                    h,
+                )
+            });
             matmul(
                 &self.pool,
                 self.isa,
@@ -377,17 +408,17 @@ impl Backend for CpuBackend {
                 self.prec,
                 &mut s.packed,
             );
-            for r in 0..t {
-                let row = &mut s.qkv[r * qkv_w..(r + 1) * qkv_w];
+            let (cos, sin) = (&s.cos, &s.sin);
+            par_rows(&self.pool, t, &mut s.qkv, qkv_w, &|r, row| {
                 if let Some(bias) = &layer.bqkv {
                     row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                 }
                 let (cos, sin) = (
-                    &s.cos[r * half..(r + 1) * half],
-                    &s.sin[r * half..(r + 1) * half],
+                    &cos[r * half..(r + 1) * half],
+                    &sin[r * half..(r + 1) * half],
                 );
                 rope(&mut row[..qd + kvd], hd, cos, sin);
-            }
+            });
             prof.lap(0, &mut clock);
             attention::write_kv(&mut self.kv, li, &b.seqs, &s.qkv, qd);
             attention::attention(
@@ -415,14 +446,15 @@ impl Backend for CpuBackend {
                 &mut s.packed,
             );
             prof.lap(2, &mut clock);
-            for r in 0..t {
+            let x = &s.x;
+            par_rows(&self.pool, t, &mut s.h, hsz, &|r, h| {
                 rms_norm(
-                    &s.x[r * hsz..(r + 1) * hsz],
+                    &x[r * hsz..(r + 1) * hsz],
                     &layer.post_norm,
                     cfg.rms_norm_eps,
-                    &mut s.h[r * hsz..(r + 1) * hsz],
-                );
-            }
+                    h,
+                )
+            });
             matmul(
                 &self.pool,
                 self.isa,
@@ -435,12 +467,12 @@ impl Backend for CpuBackend {
                 &mut s.packed,
             );
             prof.lap(3, &mut clock);
-            for r in 0..t {
-                let row = &mut s.gu[r * 2 * inter..(r + 1) * 2 * inter];
-                let (g, u) = row.split_at_mut(inter);
-                simd::silu_mul(self.isa, g, u);
-                s.act[r * inter..(r + 1) * inter].copy_from_slice(g);
-            }
+            let (gu, isa) = (&s.gu, self.isa);
+            par_rows(&self.pool, t, &mut s.act, inter, &|r, act| {
+                let row = &gu[r * 2 * inter..(r + 1) * 2 * inter];
+                act.copy_from_slice(&row[..inter]);
+                simd::silu_mul(isa, act, &row[inter..]);
+            });
             prof.lap(4, &mut clock);
             matmul(
                 &self.pool,
