@@ -59,7 +59,8 @@ impl KvStore {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<(Vec<f32>, Vec<bool>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<(Vec<f32>, Vec<bool>, Vec<usize>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Writes the rows' K and V (`qkv` rows hold q | k | v) into their slots for `layer`.
@@ -164,7 +165,7 @@ fn attend(a: &Args, task: usize) {
     // The scratch is used outside a `with` closure: the closure would be compiled without the
     // caller's target features, and the SIMD helpers would not inline into it.
     // SAFETY: thread-local and not re-entered (attention tasks do not nest).
-    let (scores, allowed) = unsafe { &mut *SCRATCH.with(|sc| sc.as_ptr()) };
+    let (scores, allowed, offs) = unsafe { &mut *SCRATCH.with(|sc| sc.as_ptr()) };
     {
         scores.clear();
         scores.resize(group * ctx + 2 * group, f32::NEG_INFINITY);
@@ -178,8 +179,37 @@ fn attend(a: &Args, task: usize) {
         } else {
             false
         };
+        let vec_path = cfg!(target_arch = "x86_64") && isa != Isa::Portable && hd.is_multiple_of(8);
+        #[cfg(target_arch = "x86_64")]
+        if vec_path {
+            // Offsets of slots `first..ctx` (the same for keys and values).
+            offs.clear();
+            for pi in first / ps..ctx.div_ceil(ps) {
+                let base = kv.offset(a.layer, s.kv_pages[pi] as usize, g, 0);
+                let j0 = pi * ps;
+                offs.extend((j0.max(first)..(j0 + ps).min(ctx)).map(|j| base + (j - j0) * hd));
+            }
+            for h in 0..group {
+                let row = &mut scores[h * ctx + first..(h + 1) * ctx];
+                // SAFETY: AVX2 and FMA checked by `Isa::detect`.
+                unsafe { qk_avx2(&kv.k, offs, &q[h * hd..(h + 1) * hd], scale, row) };
+                if masked {
+                    for (v, &ok) in row.iter_mut().zip(&allowed[first..ctx]) {
+                        if !ok {
+                            *v = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                max[h] = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            }
+        }
         // Page by page: a head's keys within a page are contiguous.
-        for pi in first / ps..ctx.div_ceil(ps) {
+        let pages = if vec_path {
+            0..0
+        } else {
+            first / ps..ctx.div_ceil(ps)
+        };
+        for pi in pages {
             let base = kv.offset(a.layer, s.kv_pages[pi] as usize, g, 0);
             let j0 = pi * ps;
             for j in j0.max(first)..(j0 + ps).min(ctx) {
@@ -205,6 +235,26 @@ fn attend(a: &Args, task: usize) {
             let sum = simd::exp_sub_sum(isa, &mut scores[h * ctx..(h + 1) * ctx], max[h]);
             inv[h] = 1.0 / sum;
         }
+        #[cfg(target_arch = "x86_64")]
+        if vec_path {
+            // Masked slots have probability 0 and are skipped like below.
+            for h in 0..group {
+                let oh = &mut o[h * hd..(h + 1) * hd];
+                if inv[h] != 0.0 {
+                    // SAFETY: AVX2 and FMA checked by `Isa::detect`; offsets are in bounds.
+                    unsafe {
+                        pv_avx2(
+                            &kv.v,
+                            offs,
+                            &scores[h * ctx + first..(h + 1) * ctx],
+                            inv[h],
+                            oh,
+                        )
+                    };
+                }
+            }
+            return;
+        }
         for pi in first / ps..ctx.div_ceil(ps) {
             let base = kv.offset(a.layer, s.kv_pages[pi] as usize, g, 0);
             let j0 = pi * ps;
@@ -222,5 +272,84 @@ fn attend(a: &Args, task: usize) {
                 }
             }
         }
+    }
+}
+
+/// `o = Σ_j (p[j] · inv) · v[offs[j]..][..hd]` with `o` held in registers (64 columns at a
+/// time), skipping zero probabilities. Per column the FMAs run in slot order starting from
+/// zero, exactly as the `axpy` loop does, so both paths give the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn pv_avx2(v: &[f32], offs: &[usize], p: &[f32], inv: f32, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = o.len();
+    debug_assert!(hd.is_multiple_of(8) && offs.len() == p.len());
+    let mut d0 = 0;
+    while d0 < hd {
+        let w = (hd - d0).min(64) / 8;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (&off, &sc) in offs.iter().zip(p) {
+            let pj = sc * inv;
+            if pj != 0.0 {
+                assert!(off + d0 + 8 * w <= v.len());
+                let pv = _mm256_set1_ps(pj);
+                // SAFETY: asserted in bounds.
+                let src = unsafe { v.as_ptr().add(off + d0) };
+                for (i, ai) in acc.iter_mut().enumerate().take(w) {
+                    *ai = _mm256_fmadd_ps(pv, unsafe { _mm256_loadu_ps(src.add(8 * i)) }, *ai);
+                }
+            }
+        }
+        for (i, ai) in acc.iter().enumerate().take(w) {
+            // SAFETY: d0 + 8 * w <= hd = o.len().
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(d0 + 8 * i), *ai) };
+        }
+        d0 += 64;
+    }
+}
+
+/// `out[j] = scale · (q · k[offs[j]..][..hd])`, eight keys at a time: one accumulator per key,
+/// then a transposing horizontal-add tree. Each key's sum has the same shape whatever keys
+/// share its group (a short group repeats its last key), so a row's scores do not depend on
+/// paging or batching.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn qk_avx2(k: &[f32], offs: &[usize], q: &[f32], scale: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    debug_assert!(hd.is_multiple_of(8) && offs.len() == out.len());
+    let sc = _mm256_set1_ps(scale);
+    for (oc, dst) in offs.chunks(8).zip(out.chunks_mut(8)) {
+        let mut p = [0usize; 8];
+        for (j, pj) in p.iter_mut().enumerate() {
+            *pj = oc[j.min(oc.len() - 1)];
+            assert!(*pj + hd <= k.len());
+        }
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut d = 0;
+        // SAFETY: every key row is asserted in bounds; d + 8 <= hd = q.len().
+        unsafe {
+            while d < hd {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(d));
+                for (j, aj) in acc.iter_mut().enumerate() {
+                    *aj = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add(p[j] + d)), *aj);
+                }
+                d += 8;
+            }
+        }
+        let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+        let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+        let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+        let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        let lo = _mm256_permute2f128_ps::<0x20>(u0, u1);
+        let hi = _mm256_permute2f128_ps::<0x31>(u0, u1);
+        let mut res = [0f32; 8];
+        // SAFETY: `res` holds 8 floats.
+        unsafe { _mm256_storeu_ps(res.as_mut_ptr(), _mm256_mul_ps(_mm256_add_ps(lo, hi), sc)) };
+        dst.copy_from_slice(&res[..dst.len()]);
     }
 }
