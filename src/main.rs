@@ -26,6 +26,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use config::{Config, DEFAULT_CONFIG_PATH};
 use daemon::Daemon;
+use proto::cli::ModelCommand;
 
 #[derive(Parser)]
 #[command(
@@ -57,23 +58,6 @@ enum Command {
     /// Write man pages and shell completions into DIR (for packaging)
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
-}
-
-#[derive(Subcommand)]
-enum ModelCommand {
-    /// Import a GGUF file or a Hugging Face directory into the store
-    Import {
-        path: PathBuf,
-        #[arg(long)]
-        name: String,
-    },
-    /// List the models in the store
-    Ls {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove a model from the store
-    Rm { name: String },
 }
 
 fn main() -> ExitCode {
@@ -109,7 +93,7 @@ fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
 fn run(cli: Cli) -> Result<()> {
     if let Some(Command::GenerateDocs { dir }) = &cli.command {
         use clap::CommandFactory;
-        return Ok(proto::docs::generate(Cli::command(), dir)?);
+        return Ok(proto::cli::generate(Cli::command(), dir)?);
     }
     let (mut config, config_path) = load_config(cli.config.as_deref())?;
     if let Some(Command::CheckConfig) = cli.command {

@@ -16,6 +16,7 @@ use proto::{
 use sha2::{Digest, Sha256};
 
 use client::{Client, DaemonError};
+use proto::cli::ModelCommand;
 
 #[derive(Parser)]
 #[command(
@@ -95,23 +96,6 @@ enum Command {
     /// Write man pages and shell completions into DIR (for packaging)
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
-}
-
-#[derive(Subcommand)]
-enum ModelCommand {
-    /// Import a GGUF file or Hugging Face directory (a path the daemon can read)
-    Import {
-        path: PathBuf,
-        #[arg(long)]
-        name: String,
-    },
-    /// List the models in the store
-    Ls {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove a model from the store
-    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -204,7 +188,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::GenerateDocs { dir } = &cli.command {
         use clap::CommandFactory;
-        proto::docs::generate(Cli::command(), dir)?;
+        proto::cli::generate(Cli::command(), dir)?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Version { json } = &cli.command {

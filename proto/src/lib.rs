@@ -14,8 +14,8 @@
 //!
 //! This crate is deliberately small (no tokio, no wasmtime): the daemon and the CLI share it.
 
-#[cfg(feature = "docs")]
-pub mod docs;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod frame;
 mod messages;
 

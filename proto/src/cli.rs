@@ -1,9 +1,28 @@
-//! Man pages and shell completions for pied and pie-ctl, written by their hidden
-//! `generate-docs DIR` subcommands for the packages.
+//! Command-line pieces shared by pied and pie-ctl: the `model` subcommands, and the man
+//! pages and shell completions their hidden `generate-docs DIR` subcommands write.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap_complete::Shell;
+
+/// `model` subcommands: the same words for `pied model …` (offline, on the state dir) and
+/// `pie-ctl model …` (through the daemon).
+#[derive(clap::Subcommand)]
+pub enum ModelCommand {
+    /// Import a GGUF file or a Hugging Face directory into the store
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// List the models in the store
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model from the store
+    Rm { name: String },
+}
 
 /// Writes `DIR/man/<name>.1` (plus `<name>-<sub>.1` per subcommand) and
 /// `DIR/completions/{<name>.bash,_<name>,<name>.fish}`.
