@@ -556,7 +556,9 @@ mod x86 {
 
     /// MR (≤ 6) rows × 16 columns from a widened block: the classic 6×16 AVX2 SGEMM tile
     /// (12 accumulators, 2 weight loads and MR broadcasts per K step). `a` is one activation
-    /// panel (`[k2][PANEL]`).
+    /// panel (`[k2][PANEL]`). A non-null `prefetch` (the next packed block) is pulled into L2
+    /// meanwhile, so that its widening does not wait for DRAM (batched decode streams every
+    /// weight from DRAM once per step).
     #[inline(always)]
     unsafe fn tile6<const MR: usize>(
         a: *const f32,
@@ -567,10 +569,15 @@ mod x86 {
         col0: usize,
         n: usize,
         acc: bool,
+        prefetch: *const u8,
     ) {
         unsafe {
             let mut c = [[_mm256_setzero_ps(); 2]; MR];
             for k in 0..k2 {
+                if !prefetch.is_null() && k % 2 == 0 {
+                    // One 64-byte chunk of the next packed block per K pair.
+                    _mm_prefetch::<_MM_HINT_T1>(prefetch.add(32 * k) as *const i8);
+                }
                 let w0 = _mm256_loadu_ps(wb.add(16 * k));
                 let w1 = _mm256_loadu_ps(wb.add(16 * k + 8));
                 for (r, cr) in c.iter_mut().enumerate() {
@@ -629,18 +636,24 @@ mod x86 {
                     let m1 = (m0 + MC).min(m);
                     for b in b0..b1 {
                         widen_block(w.data.as_ptr().add(b * kp), kp, wb);
+                        let next = if b + 1 < b1 {
+                            w.data.as_ptr().add((b + 1) * kp) as *const u8
+                        } else {
+                            std::ptr::null()
+                        };
                         let mut r = m0;
                         while r < m1 {
+                            let pf = if r == m0 { next } else { std::ptr::null() };
                             // `r` is a multiple of PANEL: MC is.
                             let (a_r, o_r) = (ap.add(r * k2), out.add(r * w.n));
                             let rows = (m1 - r).min(PANEL);
                             match rows {
-                                6 => tile6::<6>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                5 => tile6::<5>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                4 => tile6::<4>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                3 => tile6::<3>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                2 => tile6::<2>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
-                                _ => tile6::<1>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc),
+                                6 => tile6::<6>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc, pf),
+                                5 => tile6::<5>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc, pf),
+                                4 => tile6::<4>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc, pf),
+                                3 => tile6::<3>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc, pf),
+                                2 => tile6::<2>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc, pf),
+                                _ => tile6::<1>(a_r, wb, k2, o_r, w.n, b * 16, w.n, acc, pf),
                             }
                             r += rows;
                         }
