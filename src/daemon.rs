@@ -31,6 +31,8 @@ pub struct Daemon {
     pub programs: ProgramStore,
     pub procs: ProcessTable,
     pub llm: Llm,
+    /// What inferlets share: served models, snapshots, messaging.
+    pub pie: Arc<crate::inferlet::Shared>,
     running: AtomicUsize,
     draining: AtomicBool,
     started: Instant,
@@ -78,6 +80,11 @@ impl Daemon {
         let procs = ProcessTable::open(&state_dir)?;
         std::fs::create_dir_all(state_dir.join("scratch"))?;
         let llm = Llm::load(&config, &state_dir);
+        let pie = crate::inferlet::Shared::new(
+            llm.engines(),
+            config.default_model().map(str::to_owned),
+            Vec::new(),
+        );
         Ok(Arc::new(Daemon {
             config: RwLock::new(Arc::new(config)),
             config_path,
@@ -87,6 +94,7 @@ impl Daemon {
             programs,
             procs,
             llm,
+            pie,
             running: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             started: Instant::now(),
@@ -247,6 +255,13 @@ impl Daemon {
             stdin: Box::new(guest_stdin),
             log: process.log.clone(),
             scratch,
+            process: crate::inferlet::ProcessMeta {
+                id,
+                uid: caller.uid,
+                tenant: caller.tenant.clone(),
+                program: program.name.clone(),
+            },
+            shared: self.pie.clone(),
         };
         let daemon = self.clone();
         tokio::spawn(async move {

@@ -51,6 +51,14 @@ impl Llm {
         Llm { models }
     }
 
+    /// The models that loaded, by name.
+    pub fn engines(&self) -> BTreeMap<String, Arc<Engine>> {
+        self.models
+            .iter()
+            .filter_map(|(n, s)| Some((n.clone(), s.engine.as_ref().ok()?.clone())))
+            .collect()
+    }
+
     pub fn status(&self) -> Vec<ModelStatus> {
         self.models
             .iter()

@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod daemon;
 mod events;
+mod inferlet;
 mod llm;
 mod models;
 mod procs;

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use proto::ProgramKind;
-use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::component::{
+    Component, ComponentExportIndex, InstancePre, Linker as ComponentLinker,
+};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
 };
@@ -31,7 +33,17 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// A program ready to instantiate.
 pub enum Loaded {
+    /// A WASI command component (`wasi:cli/run`).
     Component(CommandPre<ComponentState>),
+    /// An inferlet: a component exporting `pie:<name>/run` (`func(input: string) ->
+    /// result<string, string>`).
+    Inferlet {
+        pre: InstancePre<ComponentState>,
+        /// The export's full name, e.g. `pie:text-completion/run`.
+        export: String,
+        /// Index of its `run` function.
+        run: ComponentExportIndex,
+    },
     Module(wasmtime::InstancePre<ModuleState>),
 }
 
@@ -71,6 +83,8 @@ impl Runtime {
 
         let mut component_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)
+            .map_err(anyhow::Error::from)?;
+        crate::inferlet::add_to_linker(&mut component_linker, ComponentState::pie_view)
             .map_err(anyhow::Error::from)?;
         let mut module_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
@@ -133,13 +147,19 @@ impl Runtime {
             ProgramKind::Component => {
                 let component = unsafe { Component::deserialize_file(&self.engine, compiled) }
                     .map_err(anyhow::Error::from)?;
+                let inferlet = inferlet_export(&self.engine, &component);
                 let pre = self
                     .component_linker
                     .instantiate_pre(&component)
                     .map_err(|e| anyhow::Error::from(e).context("cannot link the component"))?;
-                Loaded::Component(CommandPre::new(pre).map_err(|e| {
-                    anyhow::Error::from(e).context("the component does not export wasi:cli/run")
-                })?)
+                match inferlet {
+                    Some((export, run)) => Loaded::Inferlet { pre, export, run },
+                    None => Loaded::Component(CommandPre::new(pre).map_err(|e| {
+                        anyhow::Error::from(e).context(
+                            "the component exports neither wasi:cli/run nor an inferlet's pie:<name>/run",
+                        )
+                    })?),
+                }
             }
             ProgramKind::Module => {
                 let module = unsafe { Module::deserialize_file(&self.engine, compiled) }
@@ -156,6 +176,32 @@ impl Runtime {
         };
         Ok(loaded)
     }
+}
+
+/// The inferlet entry point of a component: an exported instance named `pie:<name>/run`
+/// (optionally versioned) holding a function `run`.
+fn inferlet_export(
+    engine: &Engine,
+    component: &Component,
+) -> Option<(String, ComponentExportIndex)> {
+    use wasmtime::component::types::ComponentItem;
+    let ty = component.component_type();
+    for (name, item) in ty.exports(engine) {
+        let base = name.split('@').next().unwrap_or(name);
+        if !(base.starts_with("pie:") && base.ends_with("/run")) {
+            continue;
+        }
+        if let ComponentItem::ComponentInstance(inst) = item.ty
+            && inst
+                .exports(engine)
+                .any(|(n, i)| n == "run" && matches!(i.ty, ComponentItem::ComponentFunc(_)))
+        {
+            let (_, outer) = component.get_export(None, name)?;
+            let (_, run) = component.get_export(Some(&outer), "run")?;
+            return Some((name.to_string(), run));
+        }
+    }
+    None
 }
 
 fn engine_config(pooling: Option<&RuntimeSizing>) -> Config {

@@ -17,11 +17,23 @@ use super::limits::{Control, MemoryCap, Stop};
 use super::stdio::{Channel, LogOutput};
 use super::{Loaded, Runtime};
 use crate::events::EventLog;
+use crate::inferlet::{InferletCtx, PieView, ProcessMeta, Shared};
 
 pub struct ComponentState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: MemoryCap,
+    pie: InferletCtx,
+}
+
+impl ComponentState {
+    /// What the inferlet host interfaces see (src/inferlet).
+    pub fn pie_view(&mut self) -> PieView<'_> {
+        PieView {
+            ctx: &mut self.pie,
+            table: &mut self.table,
+        }
+    }
 }
 
 impl WasiView for ComponentState {
@@ -46,6 +58,10 @@ pub struct ProcessIo {
     pub log: Arc<EventLog>,
     /// Host directory mounted at `/scratch`, when the launch was granted the filesystem.
     pub scratch: Option<PathBuf>,
+    /// Who runs it (inferlet host interfaces scope their state by it).
+    pub process: ProcessMeta,
+    /// Models, snapshots, topics: what inferlets share.
+    pub shared: Arc<Shared>,
 }
 
 pub struct RunOutcome {
@@ -70,6 +86,9 @@ impl Runtime {
     ) -> RunOutcome {
         let deadline = (limits.deadline_ms > 0)
             .then(|| Instant::now() + Duration::from_millis(limits.deadline_ms));
+        let pie = InferletCtx::new(io.process.clone(), io.log.clone(), io.shared.clone());
+        let log = io.log.clone();
+        let args: Vec<String> = io.argv.iter().skip(1).cloned().collect();
         let wasi = match wasi_builder(io) {
             Ok(b) => b,
             Err(e) => {
@@ -96,6 +115,7 @@ impl Runtime {
                     wasi: wasi.build(),
                     table: ResourceTable::new(),
                     limits: cap,
+                    pie,
                 };
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|s| &mut s.limits);
@@ -106,6 +126,54 @@ impl Runtime {
                         Ok(()) => Ok(0),
                         Err(()) => Ok(1),
                     }
+                };
+                let r = supervise(fut, &control, deadline).await;
+                (r, store.get_fuel().ok())
+            }
+            Loaded::Inferlet { pre, export, run } => {
+                let mut wasi = wasi;
+                let state = ComponentState {
+                    wasi: wasi.build(),
+                    table: ResourceTable::new(),
+                    limits: cap,
+                    pie,
+                };
+                let mut store = Store::new(&self.engine, state);
+                store.limiter(|s| &mut s.limits);
+                setup_store(&mut store, fuel, ctl, deadline);
+                let fut = async {
+                    let input = match crate::inferlet::input::from_args(&args) {
+                        Ok(i) => i,
+                        Err(e) => {
+                            log.append(proto::EventKind::Stderr(format!("{e}\n").into_bytes()));
+                            return Ok(2);
+                        }
+                    };
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let func = instance
+                        .get_typed_func::<(String,), (Result<String, String>,)>(&mut store, run)
+                        .map_err(|e| {
+                            e.context(format!(
+                                "{export}.run does not have the inferlet signature func(input: string) -> result<string, string>"
+                            ))
+                        })?;
+                    let (result,) = func.call_async(&mut store, (input,)).await?;
+                    Ok(match result {
+                        Ok(out) => {
+                            let mut b = out.into_bytes();
+                            if !b.ends_with(b"\n") {
+                                b.push(b'\n');
+                            }
+                            log.append(proto::EventKind::Stdout(b));
+                            0
+                        }
+                        Err(e) => {
+                            log.append(proto::EventKind::Stderr(
+                                format!("inferlet error: {e}\n").into_bytes(),
+                            ));
+                            1
+                        }
+                    })
                 };
                 let r = supervise(fut, &control, deadline).await;
                 (r, store.get_fuel().ok())
