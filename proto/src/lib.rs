@@ -32,7 +32,8 @@ pub const MAGIC: [u8; 8] = *b"PIEDCTL\x01";
 /// Oldest protocol version this build can speak.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Newest protocol version this build can speak.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `Signal`, `SendFile` requests and `Session` responses (inferlet sessions).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Picks the protocol version for a client that speaks `[min, max]`, or `None` when the two
 /// ranges do not overlap.

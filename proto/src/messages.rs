@@ -120,6 +120,19 @@ pub enum RequestBody {
     ModelRemove {
         name: String,
     },
+    /// Delivers one message to an inferlet's `session.receive` (`pie-ctl signal`, and each
+    /// stdin line of `pie-ctl attach` when the process has no open stdin). Answered `Ok`,
+    /// or `Error` when the process does not receive (not an inferlet), has ended, or its
+    /// inbox is full.
+    Signal {
+        id: u64,
+        message: String,
+    },
+    /// Delivers a file to an inferlet's `session.receive-file`.
+    SendFile {
+        id: u64,
+        data: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +164,19 @@ pub enum ResponseBody {
         total: u64,
     },
     Models(Vec<ModelInfo>),
+    /// Something the process sent its user (`session.send`, `send-file`), interleaved in
+    /// the event stream of `Attach` and of `Logs` with `follow` while the process runs.
+    Session(SessionOutput),
+}
+
+/// What an inferlet sends its user. Items sent while no client follows the process are
+/// buffered (bounded) and go to the next follower; `Dropped` says how many that bound (or a
+/// slow follower) lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionOutput {
+    Message(String),
+    File(Vec<u8>),
+    Dropped { items: u64, bytes: u64 },
 }
 
 /// A model in the daemon's model store.
