@@ -183,6 +183,19 @@ fn sample(logits: &[f32], p: &SampleParams) -> u32 {
     cand[cand.len() - 1].0
 }
 
+/// Computes one slot's output from its unmasked logits row and the request's allowed-token
+/// mask (ignored by `RawLogits`).
+pub fn sample_slot(s: &Sampler, mask: Option<&Brle>, raw: &[f32]) -> SampleOutput {
+    match mask {
+        Some(m) if *s != Sampler::RawLogits => {
+            let mut masked = raw.to_vec();
+            apply_logit_mask(&mut masked, m);
+            run_sampler(s, &masked, raw)
+        }
+        _ => run_sampler(s, raw, raw),
+    }
+}
+
 /// Computes one slot's output from its logits row (the logit mask already applied, except for
 /// `RawLogits`, which gets `raw`).
 pub fn run_sampler(s: &Sampler, logits: &[f32], raw: &[f32]) -> SampleOutput {

@@ -7,12 +7,12 @@
 //! Requests of one caller run in submission order; a later request of a caller joins a batch
 //! only when all earlier ones are in it completely, so a caller may pipeline dependent steps.
 
-use crate::backend::{Backend, BatchInput, SeqInput};
+use crate::backend::{Backend, BatchInput, OutputSlot, SeqInput};
 use crate::brle::Brle;
 use crate::completion::Completer;
 use crate::error::{Error, Result};
 use crate::kv::{KvPlan, PageId};
-use crate::sampling::{SampleOutput, Sampler, apply_logit_mask, run_sampler};
+use crate::sampling::{SampleOutput, Sampler};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -384,34 +384,35 @@ fn run_batch(
     stats.batches.fetch_add(1, Relaxed);
     stats.sequences.fetch_add(picks.len() as u64, Relaxed);
     stats.tokens.fetch_add(batch.tokens.len() as u64, Relaxed);
-    let vocab = backend.config().vocab_size;
+    let slots: Vec<OutputSlot<'_>> = out_map
+        .iter()
+        .map(|&(pi, si)| {
+            let a = &queues[&picks[pi].caller][picks[pi].idx];
+            OutputSlot {
+                sampler: &a.req.outputs[si].sampler,
+                logit_mask: a.req.logit_mask.as_ref(),
+            }
+        })
+        .collect();
     // A panic in the backend (a bug) fails this batch's requests instead of killing the
     // engine thread and leaving every caller waiting.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.forward(&batch)))
-        .unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(Error::InvalidRequest(format!("backend panicked: {msg}")))
-        });
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        backend.forward_sample(&batch, &slots)
+    }))
+    .unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::InvalidRequest(format!("backend panicked: {msg}")))
+    });
+    drop(slots);
     match result {
-        Ok(logits) => {
-            for (row, &(pi, si)) in out_map.iter().enumerate() {
+        Ok(outs) => {
+            for (out, &(pi, si)) in outs.into_iter().zip(&out_map) {
                 let p = &picks[pi];
-                let a = &mut queues.get_mut(&p.caller).expect("picked")[p.idx];
-                let raw = &logits[row * vocab..(row + 1) * vocab];
-                let spec = &a.req.outputs[si];
-                let out = match &a.req.logit_mask {
-                    Some(m) if spec.sampler != Sampler::RawLogits => {
-                        let mut masked = raw.to_vec();
-                        apply_logit_mask(&mut masked, m);
-                        run_sampler(&spec.sampler, &masked, raw)
-                    }
-                    _ => run_sampler(&spec.sampler, raw, raw),
-                };
-                a.results[si] = Some(out);
+                queues.get_mut(&p.caller).expect("picked")[p.idx].results[si] = Some(out);
             }
             for p in picks {
                 queues.get_mut(&p.caller).expect("picked")[p.idx].progress += p.len;

@@ -4,11 +4,14 @@
 //! CUDA backend is tested against.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::brle::Brle;
 use crate::config::ModelConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::PageId;
+use crate::sampling::{SampleOutput, Sampler, sample_slot};
 use std::sync::Arc;
 
 /// One sequence's slice of a batch: `len` consecutive batch rows starting at `start`.
@@ -37,6 +40,54 @@ pub struct BatchInput {
     pub outputs: Vec<usize>,
 }
 
+/// What one output row computes: its sampler and the request's allowed-token mask.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputSlot<'a> {
+    pub sampler: &'a Sampler,
+    pub logit_mask: Option<&'a Brle>,
+}
+
+/// Checks a batch against the model and the KV pool before any device work.
+pub fn validate_batch(
+    b: &BatchInput,
+    vocab: usize,
+    num_pages: usize,
+    page_size: usize,
+) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidRequest(m));
+    let t = b.tokens.len();
+    if b.positions.len() != t {
+        return bad("positions and tokens differ in length".into());
+    }
+    if let Some(&tok) = b.tokens.iter().find(|&&x| x as usize >= vocab) {
+        return bad(format!("token id {tok} out of vocabulary ({vocab})"));
+    }
+    let mut covered = 0;
+    for s in &b.seqs {
+        if s.start != covered {
+            return bad("sequences must cover the batch rows in order".into());
+        }
+        covered += s.len;
+        let need = (s.kv_len + s.len).div_ceil(page_size);
+        if s.kv_pages.len() < need {
+            return bad(format!(
+                "{} KV pages given, {need} needed",
+                s.kv_pages.len()
+            ));
+        }
+        if let Some(&p) = s.kv_pages.iter().find(|&&p| p as usize >= num_pages) {
+            return bad(format!("KV page {p} out of range"));
+        }
+    }
+    if covered != t {
+        return bad("sequences do not cover the batch".into());
+    }
+    if b.outputs.iter().any(|&o| o >= t) {
+        return bad("output row out of range".into());
+    }
+    Ok(())
+}
+
 /// A device that runs the model.
 pub trait Backend: Send {
     /// Short name for logs and stats ("cpu/avx512-bf16").
@@ -49,4 +100,27 @@ pub trait Backend: Send {
     /// Runs the batch, writes its K/V into the pages, and returns the logits of `outputs`,
     /// row-major `[outputs.len(), vocab_size]`.
     fn forward(&mut self, batch: &BatchInput) -> Result<Vec<f32>>;
+
+    /// Runs the batch and computes every output slot (`slots[i]` belongs to
+    /// `batch.outputs[i]`). The default samples on the host from [`Backend::forward`]'s
+    /// logits; a GPU backend overrides it to sample where the logits are.
+    fn forward_sample(
+        &mut self,
+        batch: &BatchInput,
+        slots: &[OutputSlot<'_>],
+    ) -> Result<Vec<SampleOutput>> {
+        let logits = self.forward(batch)?;
+        let vocab = self.config().vocab_size;
+        Ok(slots
+            .iter()
+            .enumerate()
+            .map(|(row, s)| {
+                sample_slot(
+                    s.sampler,
+                    s.logit_mask,
+                    &logits[row * vocab..(row + 1) * vocab],
+                )
+            })
+            .collect())
+    }
 }

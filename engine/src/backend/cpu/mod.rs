@@ -219,52 +219,6 @@ impl CpuBackend {
             .sum();
         l + self.lm_head.size_bytes() + self.embedding.len() * 2
     }
-
-    fn validate(&self, b: &BatchInput) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidRequest(m));
-        let t = b.tokens.len();
-        if b.positions.len() != t {
-            return bad("positions and tokens differ in length".into());
-        }
-        if let Some(&tok) = b
-            .tokens
-            .iter()
-            .find(|&&x| x as usize >= self.cfg.vocab_size)
-        {
-            return bad(format!(
-                "token id {tok} out of vocabulary ({})",
-                self.cfg.vocab_size
-            ));
-        }
-        let mut covered = 0;
-        for s in &b.seqs {
-            if s.start != covered {
-                return bad("sequences must cover the batch rows in order".into());
-            }
-            covered += s.len;
-            let need = (s.kv_len + s.len).div_ceil(self.kv.page_size);
-            if s.kv_pages.len() < need {
-                return bad(format!(
-                    "{} KV pages given, {need} needed",
-                    s.kv_pages.len()
-                ));
-            }
-            if let Some(&p) = s
-                .kv_pages
-                .iter()
-                .find(|&&p| p as usize >= self.kv.num_pages)
-            {
-                return bad(format!("KV page {p} out of range"));
-            }
-        }
-        if covered != t {
-            return bad("sequences do not cover the batch".into());
-        }
-        if b.outputs.iter().any(|&o| o >= t) {
-            return bad("output row out of range".into());
-        }
-        Ok(())
-    }
 }
 
 /// Runs `f(r, row_of_out)` for rows `0..t` of `out` (rows `width` long), on the pool when the
@@ -342,7 +296,12 @@ impl Backend for CpuBackend {
     }
 
     fn forward(&mut self, b: &BatchInput) -> Result<Vec<f32>> {
-        self.validate(b)?;
+        crate::backend::validate_batch(
+            b,
+            self.cfg.vocab_size,
+            self.kv.num_pages,
+            self.kv.page_size,
+        )?;
         let cfg = &self.cfg;
         let (t, hsz) = (b.tokens.len(), cfg.hidden_size);
         let (qd, kvd, inter, hd) = (
