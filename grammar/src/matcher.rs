@@ -49,6 +49,21 @@ impl Matcher {
         })
     }
 
+    /// As [`Matcher::new`], but a grammar that does not compile gives a *failed* matcher
+    /// instead of an error, for the WIT constructor, which cannot return one: its
+    /// [`error`](Matcher::error) says why, `accept_tokens` refuses with that message, its
+    /// mask allows only EOS and it is terminated.
+    pub fn new_or_failed(env: &TokEnv, grammar: &Grammar) -> Matcher {
+        Matcher::new(env, grammar).unwrap_or_else(|e| {
+            let failed = llguidance::Matcher::new(Err(anyhow::Error::new(e)));
+            Matcher {
+                env: env.clone(),
+                inner: failed.clone(),
+                initial: failed,
+            }
+        })
+    }
+
     /// Advances over `tokens` (the tokens sampled since the last call, usually one). If any
     /// of them is not allowed where it stands, nothing is consumed and the error names the
     /// first offender. An EOS token is accepted where the grammar may end, and terminates

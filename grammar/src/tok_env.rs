@@ -37,9 +37,10 @@ impl<'a> From<&'a Path> for TokenizerSource<'a> {
     }
 }
 
-/// A model's tokenizer as the grammar compiler sees it. Build one per served model (about
-/// 0.1–0.3 s for a 50k vocabulary) and share it: cloning is an `Arc` copy, and it is `Send +
-/// Sync`. It also holds the cache of compiled grammars for that model.
+/// A model's tokenizer as the grammar compiler sees it. Build one per served model (0.8 s for
+/// SmolLM2's 49k vocabulary on a 2-core machine: the tokenizer parse, the token trie and
+/// llguidance's token-class slices) and share it: cloning is an `Arc` copy, and it is `Send
+/// + Sync`. It also holds the cache of compiled grammars for that model.
 #[derive(Clone)]
 pub struct TokEnv {
     pub(crate) inner: Arc<Inner>,

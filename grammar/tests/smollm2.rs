@@ -551,3 +551,82 @@ fn token_bytes_match_the_tokenizer() {
     assert_eq!(env().vocab_size(), VOCAB);
     assert_eq!(env().eos_ids(), EOS);
 }
+
+#[test]
+fn a_grammar_that_does_not_compile_gives_a_failed_matcher() {
+    // Valid Lark, but this vocabulary has no such special token.
+    let g = Grammar::ebnf("start: <|no_such_token|> \"x\"").unwrap();
+    let err = Matcher::new(env(), &g).err().expect("compile error");
+    assert!(matches!(err, Error::Compile(_)), "{err:?}");
+    let mut m = Matcher::new_or_failed(env(), &g);
+    let why = m.error().expect("failed");
+    assert!(why.contains("no_such_token"), "{why}");
+    assert!(m.is_terminated());
+    assert!(matches!(m.accept_tokens(&[5]), Err(Error::Matcher(_))));
+    assert_eq!(allowed_ids(&m.next_token_mask()), [0, 2]);
+    m.reset();
+    assert!(m.error().is_some());
+}
+
+#[test]
+fn lark_with_embedded_json_schema_for_tool_calls() {
+    // The shape of the host's tool-call grammar (src/instruct/tools.rs).
+    let g = Grammar::ebnf(
+        r#"start: "<tool_call>\n" call "\n</tool_call>"
+call: %json {"type": "object", "properties": {"name": {"const": "get_weather"}, "arguments": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}, "required": ["name", "arguments"], "additionalProperties": false}
+"#,
+    )
+    .unwrap();
+    let mut m = Matcher::new(env(), &g).unwrap();
+    let doc = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let ids = hf().encode(doc, false).unwrap();
+    m.accept_tokens(&ids).unwrap();
+    assert!(m.is_accepting());
+    let mut m = Matcher::new(env(), &g).unwrap();
+    let bad = hf()
+        .encode("<tool_call>\n{\"name\": \"get_time\"", false)
+        .unwrap();
+    assert!(matches!(m.accept_tokens(&bad), Err(Error::Rejected { .. })));
+}
+
+#[test]
+fn shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<TokEnv>();
+    send_sync::<Grammar>();
+    send::<Matcher>();
+    let g = Grammar::json_schema(PERSON).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|seed| {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(100 + seed);
+                let mut m = Matcher::new(env(), &g).unwrap();
+                walk(&mut m, 400, person_complete, |a| a[rng.below(a.len())])
+            })
+        })
+        .collect();
+    for h in handles {
+        check_person(&h.join().unwrap());
+    }
+}
+
+#[test]
+fn timings() {
+    let t0 = std::time::Instant::now();
+    let env =
+        TokEnv::from_tokenizer_json(model_dir().join("tokenizer.json").as_path(), &EOS).unwrap();
+    let build = t0.elapsed();
+    let g = Grammar::json_schema(PERSON).unwrap();
+    let mut m = Matcher::new(&env, &g).unwrap();
+    let doc = r#"{"name": "Ada Lovelace", "age": 36, "tags": ["math", "x"], "ok": true}"#;
+    let ids = hf().encode(doc, false).unwrap();
+    let t1 = std::time::Instant::now();
+    for &t in &ids {
+        let _ = m.next_token_mask();
+        m.accept_tokens(&[t]).unwrap();
+    }
+    let per_step = t1.elapsed() / ids.len() as u32;
+    eprintln!("TokEnv build {build:?}; mask + accept {per_step:?} per token (cold lexer)");
+}
