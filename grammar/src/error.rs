@@ -14,8 +14,8 @@ pub enum Error {
     /// The regular expression does not parse (Rust `regex` syntax).
     #[error("invalid regex: {0}")]
     Regex(String),
-    /// The EBNF (llguidance's Lark dialect) does not parse or is inconsistent.
-    #[error("invalid EBNF (Lark) grammar: {0}")]
+    /// The EBNF (GBNF or llguidance's Lark dialect) does not parse or is inconsistent.
+    #[error("invalid EBNF grammar: {0}")]
     Ebnf(String),
     /// The grammar is valid on its own but could not be compiled against this tokenizer (for
     /// example it names a special token the vocabulary lacks, or exceeds llguidance's limits).

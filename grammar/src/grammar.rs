@@ -2,6 +2,7 @@
 //! and compiled per tokenizer by [`Matcher::new`](crate::Matcher::new).
 
 use crate::error::{Error, Result, short};
+use crate::gbnf;
 use llguidance::api::{GrammarInit, ParserLimits, TopLevelGrammar};
 use llguidance::earley::ValidationResult;
 use serde_json::{Value, json};
@@ -110,20 +111,30 @@ impl Grammar {
         })
     }
 
-    /// A context-free grammar in llguidance's **Lark** dialect (GBNF is not accepted):
-    /// rules `name: alt1 | alt2`, terminals in upper case, `"literals"`, `/regexes/`, `?`
-    /// `*` `+` `{m,n}`, `%ignore`, `%import common.X`, `<|special|>` tokens, and
-    /// `%json { schema }` to embed a JSON Schema. The start rule is `start`. See
-    /// <https://github.com/guidance-ai/llguidance/blob/main/docs/syntax.md>.
-    pub fn ebnf(lark: &str) -> Result<Grammar> {
-        if lark.trim().is_empty() {
+    /// A context-free grammar, in either of two dialects, told apart by the first rule:
+    ///
+    /// - **GBNF** (`root ::= ...`), the EBNF of llama.cpp and XGrammar that Pie's runtime
+    ///   takes: translated to Lark (see `gbnf.rs` for what is supported). The start rule is
+    ///   `root`.
+    /// - **Lark** as llguidance takes it (`start: ...`): rules `name: alt1 | alt2`, terminals
+    ///   in upper case, `"literals"`, `/regexes/`, `?` `*` `+` `{m,n}`, `%ignore`,
+    ///   `%import common.X`, `<|special|>` tokens, `%json { schema }` to embed a JSON Schema.
+    ///   The start rule is `start`. See
+    ///   <https://github.com/guidance-ai/llguidance/blob/main/docs/syntax.md>.
+    pub fn ebnf(src: &str) -> Result<Grammar> {
+        if src.trim().is_empty() {
             return Err(Error::Ebnf("empty grammar".into()));
         }
-        let top = TopLevelGrammar::from_lark(lark.to_string());
+        let lark = if gbnf::is_gbnf(src) {
+            gbnf::to_lark(src).map_err(|e| Error::Ebnf(format!("GBNF: {e}")))?
+        } else {
+            src.to_string()
+        };
+        let top = TopLevelGrammar::from_lark(lark);
         validate(&top).map_err(Error::Ebnf)?;
         Ok(Grammar {
             kind: GrammarKind::Ebnf,
-            source: lark.to_string(),
+            source: src.to_string(),
             top,
         })
     }

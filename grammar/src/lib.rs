@@ -32,7 +32,8 @@
 //!
 //! # Choices
 //!
-//! - EBNF means llguidance's Lark dialect, not GBNF ([`Grammar::ebnf`]).
+//! - EBNF is GBNF (`root ::= ...`, what Pie's runtime takes; translated to Lark) or
+//!   llguidance's Lark dialect (`start: ...`), told apart by the first rule ([`Grammar::ebnf`]).
 //! - JSON is generated compact, `{"a": 1, "b": [2, 3]}`, unless the schema's `"x-guidance"`
 //!   says otherwise ([`Grammar::json_schema`]).
 //! - A matcher that fails internally allows only EOS from then on, so a generation ends
@@ -40,6 +41,7 @@
 
 mod cache;
 mod error;
+mod gbnf;
 mod grammar;
 mod mask;
 mod matcher;
