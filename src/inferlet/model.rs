@@ -26,7 +26,13 @@ pub struct Tokenizer {
 
 impl PieView<'_> {
     /// The model behind a handle (cheap clone).
+    /// Same as `model_of` (where a `Host…` trait with a `model` method is in scope, use that).
     pub fn model(&self, m: &Resource<Model>) -> wasmtime::Result<Model> {
+        self.model_of(m)
+    }
+
+    /// The model behind a handle (cheap clone).
+    pub fn model_of(&self, m: &Resource<Model>) -> wasmtime::Result<Model> {
         self.table.get(m).cloned().map_err(|_| stale("model"))
     }
 }
@@ -170,7 +176,7 @@ impl HostModel for PieView<'_> {
     }
 
     fn tokenizer(&mut self, this: Resource<Model>) -> wasmtime::Result<Resource<Tokenizer>> {
-        let model = self.model(&this)?;
+        let model = self.model_of(&this)?;
         Ok(self.table.push(Tokenizer { model })?)
     }
 
