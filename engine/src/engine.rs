@@ -34,6 +34,59 @@ pub struct EngineOptions {
     pub batch_wait: std::time::Duration,
     /// GEMM activation precision on the CPU backend.
     pub act_precision: crate::backend::cpu::ActPrecision,
+    /// Which device runs the model.
+    pub device: Device,
+}
+
+/// Where the forward pass runs: `cpu`, `cuda` (= `cuda:0`), `cuda:N`, or `auto` (the first
+/// GPU when one is usable, else the CPU, saying why on stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(usize),
+    Auto,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Device::Auto),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}`: expected cpu, cuda, cuda:N or auto")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Auto => f.write_str("auto"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Whether this build can use CUDA at all (the `cuda` feature).
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Number of usable CUDA devices (0 without the `cuda` feature or without a driver).
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        crate::backend::cuda::device_count()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
 }
 
 impl Default for EngineOptions {
@@ -47,6 +100,7 @@ impl Default for EngineOptions {
             max_batch_tokens: 512,
             batch_wait: std::time::Duration::from_micros(500),
             act_precision: crate::backend::cpu::ActPrecision::F32,
+            device: Device::Cpu,
         }
     }
 }
@@ -68,26 +122,67 @@ impl Engine {
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         let template = ChatTemplate::from_dir(dir)?;
+        let device = match opts.device {
+            Device::Auto if cuda_device_count() > 0 => Device::Cuda(0),
+            Device::Auto => {
+                eprintln!(
+                    "engine: device auto: {}; using the CPU",
+                    if CUDA_BUILT {
+                        "no usable CUDA device (no libcuda or no GPU)"
+                    } else {
+                        "built without CUDA support"
+                    }
+                );
+                Device::Cpu
+            }
+            d => d,
+        };
+        // KV bytes per page: K and V, every layer; f32 on the CPU, bf16 on a GPU.
+        let elem = if device == Device::Cpu { 4 } else { 2 };
         let kv_pages = if opts.kv_pages > 0 {
             opts.kv_pages
         } else {
-            let per_page = 2 * 4 * config.num_layers * config.kv_dim() * opts.page_size.max(1);
+            let per_page = 2 * elem * config.num_layers * config.kv_dim() * opts.page_size.max(1);
             (opts.kv_memory_bytes / per_page).max(1)
         };
-        let cpu = CpuBackend::load(
-            dir,
-            &CpuOptions {
-                threads: opts.threads,
-                num_pages: kv_pages,
-                page_size: opts.page_size,
-                act_precision: opts.act_precision,
-            },
-        )?;
+        let backend: Box<dyn Backend> = match device {
+            Device::Cuda(n) => Self::cuda_backend(dir, n, kv_pages, opts.page_size)?,
+            _ => Box::new(CpuBackend::load(
+                dir,
+                &CpuOptions {
+                    threads: opts.threads,
+                    num_pages: kv_pages,
+                    page_size: opts.page_size,
+                    act_precision: opts.act_precision,
+                },
+            )?),
+        };
         Ok(Engine::with_backend(
-            Box::new(cpu),
+            backend,
             Some(tokenizer),
             template,
             opts,
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_backend(
+        dir: &Path,
+        ordinal: usize,
+        num_pages: usize,
+        page_size: usize,
+    ) -> Result<Box<dyn Backend>> {
+        use crate::backend::cuda::{CudaBackend, CudaOptions};
+        Ok(Box::new(CudaBackend::load(
+            dir,
+            &CudaOptions::new(ordinal, num_pages, page_size),
+        )?))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn cuda_backend(_: &Path, _: usize, _: usize, _: usize) -> Result<Box<dyn Backend>> {
+        Err(Error::Config(
+            "this build has no CUDA support (engine feature `cuda`)".into(),
         ))
     }
 

@@ -26,7 +26,7 @@ pub use brle::Brle;
 pub use chat_template::{ChatTemplate, Message};
 pub use completion::Completion;
 pub use config::ModelConfig;
-pub use engine::{Engine, EngineOptions};
+pub use engine::{CUDA_BUILT, Device, Engine, EngineOptions, cuda_device_count};
 pub use error::{Error, Result};
 pub use kv::{KvContext, KvPlan, KvPool, OnExhausted, PageId, PoolStats};
 pub use sampling::{SampleOutput, SampleParams, Sampler};

@@ -11,6 +11,7 @@
 //! activations keep ~16 mantissa bits for the price of twice the (cheap) activation rows; the
 //! weights are read once either way. [`CudaPrecision::Bf16`] rounds activations to bf16.
 
+pub mod check;
 pub mod compile;
 mod sample;
 
@@ -845,6 +846,7 @@ impl Backend for CudaBackend {
             ));
         }
         let logits = self.run(b)?;
-        sample::run(self, logits, slots)
+        let vocab = self.cfg.vocab_size;
+        sample::run(self, logits, vocab, slots)
     }
 }

@@ -40,12 +40,17 @@ fn uniform(seed: u64) -> f32 {
     (Rng::new(seed).next_f64() as f32).min(0.999_999_9)
 }
 
+/// Samples every slot from the logits rows at `logits` (row i for slot i, `vocab` wide).
 pub(super) fn run(
     be: &mut CudaBackend,
     logits: u64,
+    vocab: usize,
     slots: &[OutputSlot<'_>],
 ) -> Result<Vec<SampleOutput>> {
-    let vocab = be.cfg.vocab_size;
+    if slots.is_empty() {
+        // A prefill chunk without output rows: nothing to launch (a 0-block grid is invalid).
+        return Ok(Vec::new());
+    }
     let mut p = Params::default();
     let mut res_len = 0usize;
     let mut allowed = Vec::new();
