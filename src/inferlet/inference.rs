@@ -596,35 +596,102 @@ impl HostFutureOutput for PieView<'_> {
     }
 }
 
-pub struct Grammar {}
-pub struct Matcher {}
+/// A grammar (JSON Schema, any JSON, regex, or EBNF: GBNF or Lark), validated when made.
+pub struct Grammar(pub grammar::Grammar);
 
-fn nyi(what: &str) -> wasmtime::Error {
-    wasmtime::Error::msg(super::not_yet(what))
+/// A matcher walking a grammar for one model's tokenizer.
+pub struct Matcher(pub grammar::Matcher);
+
+/// The grammar compiler's view of a model's tokenizer, built once per model (about a second
+/// for a 49k vocabulary) and shared by every process; it also caches compiled grammars.
+pub fn tok_env(model: &Model) -> Result<grammar::TokEnv, String> {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static ENVS: OnceLock<Mutex<HashMap<usize, grammar::TokEnv>>> = OnceLock::new();
+    let key = Arc::as_ptr(&model.engine) as usize;
+    let envs = ENVS.get_or_init(Default::default);
+    if let Some(e) = envs.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(e.clone());
+    }
+    let tok = model
+        .engine
+        .tokenizer()
+        .ok_or_else(|| format!("model {} has no tokenizer", model.name))?;
+    // End of generation: the model's eos ids plus the usual end-of-turn/text specials.
+    let mut eos = model.engine.config().eos_token_ids.clone();
+    for name in [
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+        "</s>",
+    ] {
+        if let Some(id) = tok.token_to_id(name)
+            && !eos.contains(&id)
+        {
+            eos.push(id);
+        }
+    }
+    let env = grammar::TokEnv::from_tokenizer(
+        tok.inner().clone(),
+        &eos,
+        Some(model.engine.config().vocab_size),
+    )
+    .map_err(|e| format!("cannot prepare the tokenizer for grammars: {e}"))?;
+    envs.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, env.clone());
+    Ok(env)
+}
+
+impl PieView<'_> {
+    fn push_grammar(
+        &mut self,
+        g: Result<grammar::Grammar, grammar::Error>,
+    ) -> wasmtime::Result<Result<Resource<Grammar>, String>> {
+        Ok(match g {
+            Ok(g) => Ok(self.table.push(Grammar(g))?),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    fn matcher(&mut self, m: &Resource<Matcher>) -> wasmtime::Result<&mut grammar::Matcher> {
+        Ok(&mut self.table.get_mut(m).map_err(|_| stale("matcher"))?.0)
+    }
 }
 
 impl HostGrammar for PieView<'_> {
     fn from_json_schema(
         &mut self,
-        _schema: String,
+        schema: String,
     ) -> wasmtime::Result<Result<Resource<Grammar>, String>> {
-        Ok(Err(super::not_yet("grammar.from-json-schema")))
+        self.push_grammar(grammar::Grammar::json_schema(&schema))
     }
+
     fn json(&mut self) -> wasmtime::Result<Resource<Grammar>> {
-        Err(nyi("grammar.json"))
+        Ok(self.table.push(Grammar(grammar::Grammar::json()))?)
     }
+
     fn from_regex(
         &mut self,
-        _pattern: String,
+        pattern: String,
     ) -> wasmtime::Result<Result<Resource<Grammar>, String>> {
-        Ok(Err(super::not_yet("grammar.from-regex")))
+        self.push_grammar(grammar::Grammar::regex(&pattern))
     }
-    fn from_ebnf(&mut self, _ebnf: String) -> wasmtime::Result<Result<Resource<Grammar>, String>> {
-        Ok(Err(super::not_yet("grammar.from-ebnf")))
+
+    fn from_ebnf(&mut self, ebnf: String) -> wasmtime::Result<Result<Resource<Grammar>, String>> {
+        self.push_grammar(grammar::Grammar::ebnf(&ebnf))
     }
-    fn to_string(&mut self, _this: Resource<Grammar>) -> wasmtime::Result<String> {
-        Err(nyi("grammar.to-string"))
+
+    fn to_string(&mut self, this: Resource<Grammar>) -> wasmtime::Result<String> {
+        Ok(self
+            .table
+            .get(&this)
+            .map_err(|_| stale("grammar"))?
+            .0
+            .describe())
     }
+
     fn drop(&mut self, this: Resource<Grammar>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
@@ -632,29 +699,56 @@ impl HostGrammar for PieView<'_> {
 }
 
 impl HostMatcher for PieView<'_> {
+    /// A grammar that does not compile for this tokenizer gives a failed matcher (the
+    /// constructor cannot return an error): `accept-tokens` then fails with the reason and the
+    /// mask allows only end-of-sequence tokens.
     fn new(
         &mut self,
-        _grammar: Resource<Grammar>,
-        _tokenizer: Resource<Tokenizer>,
+        grammar: Resource<Grammar>,
+        tokenizer: Resource<Tokenizer>,
     ) -> wasmtime::Result<Resource<Matcher>> {
-        Err(nyi("matcher"))
+        let g = self
+            .table
+            .get(&grammar)
+            .map_err(|_| stale("grammar"))?
+            .0
+            .clone();
+        let model = self
+            .table
+            .get(&tokenizer)
+            .map_err(|_| stale("tokenizer"))?
+            .model
+            .clone();
+        let env = tok_env(&model).map_err(wasmtime::Error::msg)?;
+        Ok(self
+            .table
+            .push(Matcher(grammar::Matcher::new_or_failed(&env, &g)))?)
     }
+
     fn accept_tokens(
         &mut self,
-        _this: Resource<Matcher>,
-        _token_ids: Vec<u32>,
+        this: Resource<Matcher>,
+        token_ids: Vec<u32>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(Err(super::not_yet("matcher.accept-tokens")))
+        Ok(self
+            .matcher(&this)?
+            .accept_tokens(&token_ids)
+            .map_err(|e| e.to_string()))
     }
-    fn next_token_logit_mask(&mut self, _this: Resource<Matcher>) -> wasmtime::Result<Vec<u32>> {
-        Err(nyi("matcher.next-token-logit-mask"))
+
+    fn next_token_logit_mask(&mut self, this: Resource<Matcher>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.matcher(&this)?.next_token_mask().runs)
     }
-    fn is_terminated(&mut self, _this: Resource<Matcher>) -> wasmtime::Result<bool> {
-        Err(nyi("matcher.is-terminated"))
+
+    fn is_terminated(&mut self, this: Resource<Matcher>) -> wasmtime::Result<bool> {
+        Ok(self.matcher(&this)?.is_terminated())
     }
-    fn reset(&mut self, _this: Resource<Matcher>) -> wasmtime::Result<()> {
-        Err(nyi("matcher.reset"))
+
+    fn reset(&mut self, this: Resource<Matcher>) -> wasmtime::Result<()> {
+        self.matcher(&this)?.reset();
+        Ok(())
     }
+
     fn drop(&mut self, this: Resource<Matcher>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
