@@ -248,6 +248,10 @@ impl Daemon {
             });
         }
         let id = process.id;
+        if matches!(*loaded, crate::runtime::Loaded::Inferlet { .. }) {
+            // Inferlets read session messages (signal, attach's stdin lines) from the start.
+            process.session.open_inbox();
+        }
         let mut argv = vec![program.name.clone()];
         argv.extend(spec.args);
         let io = ProcessIo {
@@ -260,6 +264,7 @@ impl Daemon {
                 uid: caller.uid,
                 tenant: caller.tenant.clone(),
                 program: program.name.clone(),
+                session: process.session.clone(),
             },
             shared: self.pie.clone(),
         };

@@ -2,10 +2,12 @@
 //! socket and handles signals (SIGHUP reloads, SIGTERM/SIGINT drain and exit).
 
 mod admin;
+mod bus;
 mod config;
 mod daemon;
 mod events;
 mod inferlet;
+mod instruct;
 mod llm;
 mod models;
 mod procs;

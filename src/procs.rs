@@ -14,6 +14,7 @@ use proto::{EventKind, ExitStatus, ProcessInfo, ProcessState};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
 
+use crate::bus::Session;
 use crate::events::EventLog;
 use crate::runtime::Control;
 use crate::util::{Durability, unix_ms, write_atomic};
@@ -24,6 +25,8 @@ pub struct Process {
     info: Mutex<ProcessInfo>,
     pub log: Arc<EventLog>,
     pub control: Arc<Control>,
+    /// The channel between an inferlet and its user (`pie:core/session`).
+    pub session: Arc<Session>,
     /// The host end of the guest's stdin while it is open.
     stdin: tokio::sync::Mutex<Option<DuplexStream>>,
     /// Becomes true once the process has ended and its end is recorded.
@@ -66,6 +69,7 @@ impl Process {
 
     /// Records how the process ended: exit event, metadata, waiters.
     pub fn finish(&self, status: ExitStatus, fuel_used: Option<u64>) {
+        self.session.close();
         // The exit event goes first: followers end on it, and it must be in the log
         // before anyone can see the process as ended.
         self.log.append(EventKind::Exit(status.clone()));
@@ -148,6 +152,7 @@ impl ProcessTable {
                     info: Mutex::new(info),
                     log,
                     control: Control::new(),
+                    session: Arc::new(Session::ended()),
                     stdin: tokio::sync::Mutex::new(None),
                     ended: watch::channel(true).0,
                     meta_path: path,
@@ -181,6 +186,7 @@ impl ProcessTable {
             info: Mutex::new(info),
             log: Arc::new(log),
             control: Control::new(),
+            session: Arc::new(Session::new()),
             stdin: tokio::sync::Mutex::new(stdin),
             ended: watch::channel(false).0,
             meta_path,

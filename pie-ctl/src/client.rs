@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, anyhow, bail};
 use proto::{
     ClientHello, ErrorReply, Event, HANDSHAKE_FRAME_LIMIT, HelloReply, MAX_FRAME, Request,
-    RequestBody, Response, ResponseBody,
+    RequestBody, Response, ResponseBody, SessionOutput,
 };
 
 /// An error the daemon answered with; kept typed so callers can react to its code.
@@ -144,11 +144,13 @@ impl Client {
     }
 
     /// Sends a streaming request and calls `on_event` for each event until the stream
-    /// ends. `on_other` sees replies to other requests sent meanwhile (stdin writes).
+    /// ends, and `on_session` for what the process sends its user (inferlet sessions).
+    /// `on_other` sees replies to other requests sent meanwhile (stdin writes, signals).
     pub fn stream(
         &mut self,
         body: RequestBody,
         mut on_event: impl FnMut(Event) -> Result<()>,
+        mut on_session: impl FnMut(SessionOutput) -> Result<()>,
         mut on_other: impl FnMut(ResponseBody),
     ) -> Result<()> {
         let id = self.sender().send(body)?;
@@ -160,6 +162,7 @@ impl Client {
             }
             match r.body {
                 ResponseBody::Event(e) => on_event(e)?,
+                ResponseBody::Session(s) => on_session(s)?,
                 ResponseBody::End => return Ok(()),
                 ResponseBody::Error(e) => return Err(DaemonError(e).into()),
                 other => bail!("unexpected reply from pied: {other:?}"),

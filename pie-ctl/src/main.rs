@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use proto::{
     ErrorCode, Event, EventKind, ExitStatus, LaunchSpec, LimitOverrides, RequestBody, ResponseBody,
-    StdinMode,
+    SessionOutput, StdinMode,
 };
 use sha2::{Digest, Sha256};
 
@@ -77,8 +77,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stream a running process's output and feed it this terminal's stdin
-    Attach { id: u64 },
+    /// Stream a running process's output and feed it this terminal's stdin. An inferlet
+    /// gets each stdin line as one session message (its `receive`), and what it sent while
+    /// nobody was attached is shown first.
+    Attach {
+        id: u64,
+        /// Save files the inferlet sends (session.send-file) into DIR
+        #[arg(long, value_name = "DIR")]
+        files: Option<PathBuf>,
+    },
+    /// Send one message to an inferlet's session (its `receive`)
+    Signal { id: u64, message: String },
+    /// Send a file to an inferlet's session (its `receive-file`)
+    SendFile { id: u64, file: PathBuf },
     /// Stop a process at once
     Kill { id: u64 },
     /// Manage installed programs
@@ -134,6 +145,9 @@ struct LaunchArgs {
     /// Memory cap, e.g. 64M, 1G (plain numbers are MiB)
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
+    /// Save files the inferlet sends (session.send-file) into DIR
+    #[arg(long, value_name = "DIR")]
+    files: Option<PathBuf>,
     /// The program: a .wasm path, an installed name, or a sha256 prefix
     program: String,
     /// Arguments passed to the program (after --)
@@ -216,10 +230,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tail,
             json,
         } => {
-            let mut out = Output::new(json);
+            let out = Output::new(json);
+            let mut saver = FileSaver::new(id, None);
             client.stream(
                 RequestBody::Logs { id, follow, tail },
                 |e| out.event(&e),
+                |s| out.session(&s, &mut saver),
                 |_| {},
             )?;
         }
@@ -229,7 +245,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             render::process(&p, json)?;
         }
-        Command::Attach { id } => return attach(&mut client, id, true),
+        Command::Attach { id, files } => return attach(&mut client, id, files),
+        Command::Signal { id, message } => {
+            client.call(RequestBody::Signal { id, message })?;
+        }
+        Command::SendFile { id, file } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            client.call(RequestBody::SendFile { id, data })?;
+        }
         Command::Kill { id } => {
             client.call(RequestBody::Kill { id })?;
         }
@@ -393,10 +417,16 @@ fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     kill_on_interrupt(client.sender(), id);
+    let input = if args.interactive {
+        Input::Stdin
+    } else {
+        Input::None
+    };
     follow(
         client,
         id,
-        args.interactive,
+        input,
+        args.files,
         RequestBody::Logs {
             id,
             follow: true,
@@ -430,16 +460,28 @@ fn launched_id(r: ResponseBody) -> Result<u64> {
     }
 }
 
-fn attach(client: &mut Client, id: u64, forward_stdin: bool) -> Result<ExitCode> {
-    let open = client
-        .call(RequestBody::Inspect { id })
-        .map(|r| matches!(r, ResponseBody::Process(p) if p.stdin_open))?;
-    follow(
-        client,
-        id,
-        forward_stdin && open,
-        RequestBody::Attach { id },
-    )
+/// What a follower forwards from this terminal's stdin.
+enum Input {
+    None,
+    /// Raw bytes to the process's open stdin (inferlets get them as lines, in pied).
+    Stdin,
+    /// Each line as a session message (an inferlet without an open stdin).
+    Lines,
+}
+
+fn attach(client: &mut Client, id: u64, files: Option<PathBuf>) -> Result<ExitCode> {
+    let info = match client.call(RequestBody::Inspect { id })? {
+        ResponseBody::Process(p) => p,
+        other => bail!("unexpected reply: {other:?}"),
+    };
+    let input = if info.stdin_open {
+        Input::Stdin
+    } else if info.state.is_running() {
+        Input::Lines
+    } else {
+        Input::None
+    };
+    follow(client, id, input, files, RequestBody::Attach { id })
 }
 
 /// Streams a process's events to this terminal, optionally forwarding stdin, and turns
@@ -447,10 +489,22 @@ fn attach(client: &mut Client, id: u64, forward_stdin: bool) -> Result<ExitCode>
 fn follow(
     client: &mut Client,
     id: u64,
-    forward_stdin: bool,
+    input: Input,
+    files: Option<PathBuf>,
     request: RequestBody,
 ) -> Result<ExitCode> {
-    if forward_stdin {
+    if let Input::Lines = input {
+        let sender = client.sender();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(message) = line else { return };
+                if sender.send(RequestBody::Signal { id, message }).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    if let Input::Stdin = input {
         let sender = client.sender();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 64 << 10];
@@ -476,7 +530,8 @@ fn follow(
             }
         });
     }
-    let mut out = Output::new(false);
+    let out = Output::new(false);
+    let mut saver = FileSaver::new(id, files);
     let mut status = None;
     let mut warned = false;
     client.stream(
@@ -487,12 +542,13 @@ fn follow(
             }
             out.event(&e)
         },
+        |s| out.session(&s, &mut saver),
         |other| {
             if let ResponseBody::Error(e) = other
                 && !warned
             {
                 warned = true;
-                eprintln!("pie-ctl: stdin not delivered: {}", e.message);
+                eprintln!("pie-ctl: input not delivered: {}", e.message);
             }
         },
     )?;
@@ -521,6 +577,31 @@ fn exit_code(id: u64, status: &ExitStatus) -> ExitCode {
     }
 }
 
+/// Where files an inferlet sends go: numbered files in a directory, or only a notice.
+struct FileSaver {
+    id: u64,
+    dir: Option<PathBuf>,
+    count: u64,
+}
+
+impl FileSaver {
+    fn new(id: u64, dir: Option<PathBuf>) -> FileSaver {
+        FileSaver { id, dir, count: 0 }
+    }
+
+    /// Saves `data`; returns where, or `None` when no directory was given.
+    fn save(&mut self, data: &[u8]) -> Result<Option<PathBuf>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        self.count += 1;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("pie-{}-{}.bin", self.id, self.count));
+        std::fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Some(path))
+    }
+}
+
 /// Where events go: raw bytes to stdout/stderr, or one JSON object per line.
 struct Output {
     json: bool,
@@ -531,7 +612,7 @@ impl Output {
         Output { json }
     }
 
-    fn event(&mut self, e: &Event) -> Result<()> {
+    fn event(&self, e: &Event) -> Result<()> {
         if self.json {
             let line = render::event_json(e);
             let mut out = std::io::stdout().lock();
@@ -551,6 +632,52 @@ impl Output {
             }
             EventKind::Notice(n) => eprintln!("pie-ctl: notice: {n}"),
             EventKind::Exit(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Session output: messages to stdout as they are (an inferlet streaming text sends
+    /// pieces), files saved or announced, losses reported.
+    fn session(&self, s: &SessionOutput, saver: &mut FileSaver) -> Result<()> {
+        let saved = match s {
+            SessionOutput::File(data) => saver.save(data)?,
+            _ => None,
+        };
+        if self.json {
+            let line = match s {
+                SessionOutput::Message(m) => serde_json::json!({"kind": "message", "data": m}),
+                SessionOutput::File(data) => serde_json::json!({
+                    "kind": "file", "bytes": data.len(),
+                    "saved": saved.as_ref().map(|p| p.display().to_string()),
+                }),
+                SessionOutput::Dropped { items, bytes } => {
+                    serde_json::json!({"kind": "dropped", "items": items, "bytes": bytes})
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")?;
+            return Ok(out.flush()?);
+        }
+        match s {
+            SessionOutput::Message(m) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(m.as_bytes())?;
+                out.flush()?;
+            }
+            SessionOutput::File(data) => match saved {
+                Some(path) => eprintln!(
+                    "pie-ctl: received a file ({} bytes), saved as {}",
+                    data.len(),
+                    path.display()
+                ),
+                None => eprintln!(
+                    "pie-ctl: received a file ({} bytes); pass --files DIR to save files",
+                    data.len()
+                ),
+            },
+            SessionOutput::Dropped { items, bytes } => eprintln!(
+                "pie-ctl: notice: {items} session messages ({bytes} bytes) were dropped: sent while nobody was attached and over the buffer's bound, or not read fast enough"
+            ),
         }
         Ok(())
     }

@@ -3,10 +3,14 @@
 
 use std::sync::Arc;
 
-use proto::{DaemonStatus, ErrorCode, EventKind, Request, RequestBody, ResponseBody, VersionInfo};
+use proto::{
+    DaemonStatus, ErrorCode, EventKind, Request, RequestBody, ResponseBody, SessionOutput,
+    VersionInfo,
+};
 use tokio::sync::watch;
 
 use super::{FEATURES, Replies};
+use crate::bus::{Following, Outgoing, SessionError};
 use crate::daemon::{Daemon, OpResult, err};
 use crate::models;
 use crate::procs::Process;
@@ -79,6 +83,14 @@ async fn handle(
             ResponseBody::Processes(list)
         }
         RequestBody::Inspect { id } => ResponseBody::Process(daemon.process(caller, id)?.info()),
+        RequestBody::Stdin { id, data } if daemon.process(caller, id)?.session.accepts() => {
+            // Inferlets read their user's input through session.receive, a line a message.
+            let p = daemon.process(caller, id)?;
+            p.session
+                .deliver_lines(&data, false)
+                .map_err(|e| session_error(id, e))?;
+            ResponseBody::Ok
+        }
         RequestBody::Stdin { id, data } => {
             let p = daemon.process(caller, id)?;
             p.write_stdin(&data)
@@ -86,8 +98,28 @@ async fn handle(
                 .map_err(|m| err(ErrorCode::BadRequest, m))?;
             ResponseBody::Ok
         }
+        RequestBody::Signal { id, message } => {
+            let p = daemon.process(caller, id)?;
+            p.session
+                .signal(message)
+                .map_err(|e| session_error(id, e))?;
+            ResponseBody::Ok
+        }
+        RequestBody::SendFile { id, data } => {
+            let p = daemon.process(caller, id)?;
+            p.session
+                .deliver_file(data)
+                .map_err(|e| session_error(id, e))?;
+            ResponseBody::Ok
+        }
         RequestBody::CloseStdin { id } => {
-            daemon.process(caller, id)?.close_stdin().await;
+            let p = daemon.process(caller, id)?;
+            if p.session.accepts() {
+                p.session
+                    .deliver_lines(&[], true)
+                    .map_err(|e| session_error(id, e))?;
+            }
+            p.close_stdin().await;
             ResponseBody::Ok
         }
         RequestBody::Kill { id } => {
@@ -143,6 +175,23 @@ async fn handle(
             unreachable!("streaming requests are dispatched before")
         }
     })
+}
+
+fn session_error(id: u64, e: SessionError) -> proto::ErrorReply {
+    let code = match e {
+        SessionError::NoReceiver | SessionError::Ended => ErrorCode::BadRequest,
+        SessionError::InboxFull { .. } => ErrorCode::LimitExceeded,
+        SessionError::TooLarge { .. } => ErrorCode::TooLarge,
+    };
+    err(code, format!("process {id}: {e}"))
+}
+
+fn session_output(o: Outgoing) -> SessionOutput {
+    match o {
+        Outgoing::Message(m) => SessionOutput::Message(m),
+        Outgoing::File(b) => SessionOutput::File(b),
+        Outgoing::Dropped { items, bytes } => SessionOutput::Dropped { items, bytes },
+    }
 }
 
 fn require_admin(caller: &Caller, what: &str) -> OpResult<()> {
@@ -251,9 +300,12 @@ async fn start_stream(
         (false, Some(n)) => process.log.tail_start(n),
         (false, None) => 0,
     };
+    // Followers get what the inferlet sends its user: the buffered backlog first (also
+    // after the process ended), then live items.
+    let session = (attach || (follow && process.is_running())).then(|| process.session.follow());
     let replies = replies.clone();
     tokio::spawn(async move {
-        let _ = stream_events(&process, from, follow, request, &replies, closed).await;
+        let _ = stream_events(&process, from, follow, session, request, &replies, closed).await;
     });
     Ok(())
 }
@@ -262,16 +314,36 @@ async fn stream_events(
     process: &Process,
     mut next: u64,
     follow: bool,
+    session: Option<Following>,
     request: u64,
     replies: &Replies,
     mut closed: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     // Subscribe before reading, so nothing appended in between is missed.
     let mut appended = process.log.subscribe();
+    let mut session_rx = match session {
+        Some(Following { backlog, rx }) => {
+            for item in backlog {
+                replies
+                    .reply(request, ResponseBody::Session(session_output(item)))
+                    .await?;
+            }
+            Some(rx)
+        }
+        None => None,
+    };
     loop {
         for event in process.log.since(next) {
             next = event.seq + 1;
             let ended = matches!(event.kind, EventKind::Exit(_));
+            if ended && let Some(rx) = session_rx.as_mut() {
+                // What the process sent before it ended goes out before its end.
+                while let Ok(item) = rx.try_recv() {
+                    replies
+                        .reply(request, ResponseBody::Session(session_output(item)))
+                        .await?;
+                }
+            }
             replies.reply(request, ResponseBody::Event(event)).await?;
             if ended {
                 return replies.reply(request, ResponseBody::End).await;
@@ -280,10 +352,19 @@ async fn stream_events(
         if !follow {
             return replies.reply(request, ResponseBody::End).await;
         }
+        let item = async {
+            match session_rx.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = appended.changed() => if changed.is_err() {
                 return replies.reply(request, ResponseBody::End).await;
             },
+            Some(item) = item => {
+                replies.reply(request, ResponseBody::Session(session_output(item))).await?;
+            }
             _ = closed.changed() => return Ok(()),
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! Bounds are in items and bytes (each item is charged its payload plus [`ITEM_OVERHEAD`], so
 //! a flood of empty messages is bounded too). A full mailbox either refuses the item
-//! ([`Mailbox::try_push`], [`Mailbox::push`] waits for room) or evicts the oldest
+//! ([`Mailbox::try_push`]) or evicts the oldest
 //! ([`Mailbox::push_evicting`], for subscribers that must never block a publisher), and it
 //! counts what it evicted so the loss can be reported instead of being silent.
 
@@ -54,8 +54,6 @@ pub struct Mailbox<T> {
     inner: Mutex<Inner<T>>,
     /// Woken when an item arrives or the mailbox closes.
     arrived: Notify,
-    /// Woken when an item leaves (room for a waiting pusher).
-    left: Notify,
 }
 
 struct Inner<T> {
@@ -81,7 +79,6 @@ impl<T: Payload> Mailbox<T> {
                 evicted: 0,
             }),
             arrived: Notify::new(),
-            left: Notify::new(),
         }
     }
 
@@ -108,44 +105,6 @@ impl<T: Payload> Mailbox<T> {
                 items: self.bounds.max_items,
                 bytes: self.bounds.max_bytes,
             });
-        }
-        inner.bytes += c;
-        inner.items.push_back(item);
-        drop(inner);
-        self.arrived.notify_waiters();
-        Ok(())
-    }
-
-    /// Appends `item`, waiting while the mailbox is full (backpressure).
-    pub async fn push(&self, mut item: T) -> Result<(), PushError> {
-        loop {
-            let left = self.left.notified();
-            tokio::pin!(left);
-            left.as_mut().enable();
-            match self.try_push_returning(item) {
-                Ok(()) => return Ok(()),
-                Err((PushError::Full { .. }, back)) => item = back,
-                Err((e, _)) => return Err(e),
-            }
-            left.await;
-        }
-    }
-
-    fn try_push_returning(&self, item: T) -> Result<(), (PushError, T)> {
-        let c = match self.check_size(&item) {
-            Ok(c) => c,
-            Err(e) => return Err((e, item)),
-        };
-        let mut inner = self.inner.lock().unwrap();
-        if inner.closed {
-            return Err((PushError::Closed, item));
-        }
-        if inner.items.len() >= self.bounds.max_items || inner.bytes + c > self.bounds.max_bytes {
-            let full = PushError::Full {
-                items: self.bounds.max_items,
-                bytes: self.bounds.max_bytes,
-            };
-            return Err((full, item));
         }
         inner.bytes += c;
         inner.items.push_back(item);
@@ -183,19 +142,15 @@ impl<T: Payload> Mailbox<T> {
         let mut inner = self.inner.lock().unwrap();
         let item = inner.items.pop_front()?;
         inner.bytes -= cost(&item);
-        drop(inner);
-        self.left.notify_waiters();
         Some(item)
     }
 
     /// Every item, oldest first.
+    #[cfg(test)]
     pub fn drain(&self) -> Vec<T> {
         let mut inner = self.inner.lock().unwrap();
         inner.bytes = 0;
-        let all = inner.items.drain(..).collect();
-        drop(inner);
-        self.left.notify_waiters();
-        all
+        inner.items.drain(..).collect()
     }
 
     /// Waits for the oldest item; `None` once the mailbox is closed and empty. The item is
@@ -236,15 +191,10 @@ impl<T: Payload> Mailbox<T> {
     pub fn close(&self) {
         self.inner.lock().unwrap().closed = true;
         self.arrived.notify_waiters();
-        self.left.notify_waiters();
     }
 
     pub fn is_empty(&self) -> bool {
         self.inner.lock().unwrap().items.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap().items.len()
     }
 
     /// Items evicted by [`Mailbox::push_evicting`] since the last call.
@@ -294,21 +244,6 @@ mod tests {
         assert!(!waiter.is_finished());
         m.try_push("hello".into()).unwrap();
         assert_eq!(waiter.await.unwrap().as_deref(), Some("hello"));
-    }
-
-    #[tokio::test]
-    async fn push_waits_for_room() {
-        let m = Arc::new(Mailbox::<String>::new(small()));
-        for i in 0..3 {
-            m.try_push(format!("m{i}")).unwrap();
-        }
-        let m2 = m.clone();
-        let pusher = tokio::spawn(async move { m2.push("late".into()).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!pusher.is_finished());
-        assert_eq!(m.try_pop().as_deref(), Some("m0"));
-        pusher.await.unwrap().unwrap();
-        assert_eq!(m.drain(), vec!["m1", "m2", "late"]);
     }
 
     #[tokio::test]

@@ -2,8 +2,9 @@
 //! processes, namespaced per tenant (a topic name means nothing across tenants).
 //!
 //! - A **queue** delivers each pushed message to exactly one puller, in push order. `pull`
-//!   waits for a message; `push` waits while the queue is full (backpressure), so a producer
-//!   cannot outrun its consumers by more than the queue's bounds.
+//!   waits for a message; `push` into a full queue is refused (the WIT's `push` cannot wait
+//!   or fail, so the host traps the pusher with the reason), so a producer cannot outrun
+//!   its consumers by more than the queue's bounds.
 //! - A **topic** delivers each broadcast to every subscription that exists at that moment
 //!   (there is no history). A subscription holds its own bounded backlog; when a subscriber
 //!   falls that far behind, its oldest messages are dropped and counted
@@ -21,7 +22,7 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 pub const MAX_TOPIC_BYTES: usize = 256;
 /// Queues plus topics a tenant may have at once (empty, unused ones are reclaimed first).
 pub const MAX_NAMES_PER_TENANT: usize = 4096;
-/// Bounds of one queue: a pusher waits beyond these.
+/// Bounds of one queue: a push beyond these is refused.
 pub const QUEUE_BOUNDS: Bounds = Bounds {
     max_items: 4096,
     max_bytes: 8 << 20,
@@ -37,6 +38,7 @@ pub enum BusError {
     MessageTooLarge { size: usize },
     BadTopic(String),
     TooManyTopics { tenant: String },
+    QueueFull { topic: String },
 }
 
 impl std::fmt::Display for BusError {
@@ -50,6 +52,11 @@ impl std::fmt::Display for BusError {
             BusError::TooManyTopics { tenant } => write!(
                 f,
                 "tenant {tenant} already uses {MAX_NAMES_PER_TENANT} queues and topics"
+            ),
+            BusError::QueueFull { topic } => write!(
+                f,
+                "queue {topic:?} is full ({} messages or {} bytes): nobody is pulling from it",
+                QUEUE_BOUNDS.max_items, QUEUE_BOUNDS.max_bytes
             ),
         }
     }
@@ -95,6 +102,7 @@ fn check_message(message: &str) -> Result<(), BusError> {
 }
 
 impl Bus {
+    #[cfg(test)]
     pub fn new() -> Arc<Bus> {
         Arc::new(Bus::default())
     }
@@ -164,20 +172,16 @@ pub struct TenantBus {
 }
 
 impl TenantBus {
-    pub fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    /// Appends `message` to the queue `topic`, waiting while it is full.
-    pub async fn push(&self, topic: &str, message: String) -> Result<(), BusError> {
+    /// Appends `message` to the queue `topic` without waiting: a full queue is an error.
+    pub fn try_push(&self, topic: &str, message: String) -> Result<(), BusError> {
         check_message(&message)?;
         let queue = self.bus.queue(&self.tenant, topic)?;
-        match queue.push(message).await {
-            Ok(()) => Ok(()),
-            // Queues are never closed, and the size was checked against a smaller limit.
-            Err(PushError::TooLarge { size, .. }) => Err(BusError::MessageTooLarge { size }),
-            Err(e) => unreachable!("queue push: {e:?}"),
-        }
+        queue.try_push(message).map_err(|e| match e {
+            PushError::TooLarge { size, .. } => BusError::MessageTooLarge { size },
+            PushError::Full { .. } | PushError::Closed => BusError::QueueFull {
+                topic: topic.to_string(),
+            },
+        })
     }
 
     /// A future resolving to the next message of the queue `topic`. The message is taken
@@ -288,15 +292,15 @@ mod tests {
     async fn a_queue_delivers_each_message_once_in_order() {
         let bus = Bus::new();
         let a = bus.tenant("alice");
-        a.push("jobs", "one".into()).await.unwrap();
-        a.push("jobs", "two".into()).await.unwrap();
+        a.try_push("jobs", "one".into()).unwrap();
+        a.try_push("jobs", "two".into()).unwrap();
         assert_eq!(a.pull("jobs").unwrap().await.as_deref(), Some("one"));
         assert_eq!(a.pull("jobs").unwrap().await.as_deref(), Some("two"));
         // A pull waits for the next push.
         let waiting = tokio::spawn(a.pull("jobs").unwrap());
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished());
-        a.push("jobs", "three".into()).await.unwrap();
+        a.try_push("jobs", "three".into()).unwrap();
         assert_eq!(waiting.await.unwrap().as_deref(), Some("three"));
     }
 
@@ -304,8 +308,7 @@ mod tests {
     async fn tenants_do_not_share_names() {
         let bus = Bus::new();
         bus.tenant("alice")
-            .push("t", "for alice".into())
-            .await
+            .try_push("t", "for alice".into())
             .unwrap();
         let bob = bus.tenant("bob");
         let pull = tokio::spawn(bob.pull("t").unwrap());
@@ -362,8 +365,13 @@ mod tests {
             Err(BusError::BadTopic(_))
         ));
         let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
-        let e = t.push("q", big.clone()).await.unwrap_err();
+        let e = t.try_push("q", big.clone()).unwrap_err();
         assert!(e.to_string().contains("above the"), "{e}");
         assert!(t.broadcast("q", &big).is_err());
+        for i in 0..QUEUE_BOUNDS.max_items {
+            t.try_push("full", i.to_string()).unwrap();
+        }
+        let e = t.try_push("full", "one more".into()).unwrap_err();
+        assert!(e.to_string().contains("nobody is pulling"), "{e}");
     }
 }

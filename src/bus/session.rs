@@ -124,6 +124,15 @@ pub struct Following {
     pub rx: mpsc::Receiver<Outgoing>,
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("accepting", &self.accepting.load(Ordering::Relaxed))
+            .field("buffered", &self.buffered())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for Session {
     fn default() -> Self {
         Session {
@@ -140,6 +149,13 @@ impl Default for Session {
 impl Session {
     pub fn new() -> Session {
         Session::default()
+    }
+
+    /// The session of a process that ended in an earlier daemon run.
+    pub fn ended() -> Session {
+        let s = Session::default();
+        s.close();
+        s
     }
 
     // ── outbound ────────────────────────────────────────────────────────────
@@ -224,6 +240,11 @@ impl Session {
         }
     }
 
+    /// Whether the process takes inbound items (an inferlet that has not ended).
+    pub fn accepts(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
     /// Ends the inbound side: the process is gone.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -296,7 +317,9 @@ impl Session {
 
     /// A future resolving to the next message (`session.receive`); `None` if the process's
     /// session closed first. The message is taken only when the future completes.
-    pub fn receive(self: &std::sync::Arc<Self>) -> impl Future<Output = Option<String>> + 'static {
+    pub fn receive(
+        self: &std::sync::Arc<Self>,
+    ) -> impl Future<Output = Option<String>> + Send + 'static {
         let me = self.clone();
         async move { me.messages.recv().await }
     }
@@ -304,7 +327,7 @@ impl Session {
     /// A future resolving to the next file (`session.receive-file`).
     pub fn receive_file(
         self: &std::sync::Arc<Self>,
-    ) -> impl Future<Output = Option<Vec<u8>>> + 'static {
+    ) -> impl Future<Output = Option<Vec<u8>>> + Send + 'static {
         let me = self.clone();
         async move { me.files.recv().await }
     }

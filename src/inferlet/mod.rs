@@ -75,6 +75,8 @@ pub struct ProcessMeta {
     pub uid: u32,
     pub tenant: String,
     pub program: String,
+    /// The process' session channel (shared with the admin server, which feeds and drains it).
+    pub session: Arc<crate::bus::Session>,
 }
 
 /// Daemon-wide state shared by every inferlet.

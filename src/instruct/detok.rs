@@ -32,10 +32,6 @@ impl Detokenizer {
         self.ids.push(id);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
     /// The text the pushed tokens completed since the last call ("" when none).
     pub fn delta(&mut self, tok: &Tokenizer) -> Result<String, String> {
         if self.read == self.ids.len() {

@@ -252,3 +252,19 @@ fn the_call_grammar_names_each_tool() {
     assert!(g.contains("\"const\":\"get_weather\""), "{g}");
     assert!(tools::call_grammar(&[]).is_err());
 }
+
+#[test]
+fn the_call_grammar_accepts_exactly_well_formed_calls() {
+    let i = smollm2();
+    let g = grammar::Grammar::ebnf(&tools::call_grammar(&[WEATHER.to_string()]).unwrap()).unwrap();
+    let end = id(&i, "<|im_end|>");
+    let env = grammar::TokEnv::from_tokenizer(i.tok.inner().clone(), &[end], None).unwrap();
+    let good = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let mut m = grammar::Matcher::new(&env, &g).unwrap();
+    m.accept_tokens(&i.tok.encode(good, false).unwrap())
+        .unwrap();
+    assert!(m.is_accepting());
+    let bad = "<tool_call>\n{\"name\": \"get_time\"";
+    let mut m = grammar::Matcher::new(&env, &g).unwrap();
+    assert!(m.accept_tokens(&i.tok.encode(bad, false).unwrap()).is_err());
+}
