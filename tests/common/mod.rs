@@ -297,3 +297,66 @@ pub fn text(b: &[u8]) -> String {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Builds the example inferlet `name` (package name, e.g. `text-completion`) of the
+/// `inferlets/` workspace for wasm32-wasip2 and returns its component.
+pub fn inferlet(name: &str) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target/inferlets");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            name,
+        ])
+        .current_dir(root.join("inferlets"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("cannot run cargo to build the inferlets");
+    assert!(
+        status.success(),
+        "building inferlet {name} failed (rustup target add wasm32-wasip2; crates.io needed once)"
+    );
+    target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// The default model's directory (made by scripts/fetch-model).
+pub fn default_model_dir() -> PathBuf {
+    let p = std::env::var_os("PIE_TEST_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("state/models/smollm2-135m"));
+    assert!(
+        p.join("config.json").exists(),
+        "{} is missing: run scripts/fetch-model first",
+        p.display()
+    );
+    p
+}
+
+/// A daemon serving the default model as `smollm2-135m` (linked into its model store).
+/// `extra` is appended to the config.
+pub fn pied_with_model(extra: &str) -> Pied {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let models = tmp.path().join("state/models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(default_model_dir(), models.join("smollm2-135m")).unwrap();
+    let mut p = Pied::start_in(
+        tmp.path(),
+        &format!("[[model]]\nname = \"smollm2-135m\"\ndefault = true\n{extra}"),
+    );
+    p._tmp = Some(tmp);
+    p
+}
