@@ -264,6 +264,14 @@ fn the_call_grammar_accepts_exactly_well_formed_calls() {
     m.accept_tokens(&i.tok.encode(good, false).unwrap())
         .unwrap();
     assert!(m.is_accepting());
+    // Arguments beyond the schema's are refused.
+    let extra =
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"x\"";
+    let mut m = grammar::Matcher::new(&env, &g).unwrap();
+    assert!(
+        m.accept_tokens(&i.tok.encode(extra, false).unwrap())
+            .is_err()
+    );
     let bad = "<tool_call>\n{\"name\": \"get_time\"";
     let mut m = grammar::Matcher::new(&env, &g).unwrap();
     assert!(m.accept_tokens(&i.tok.encode(bad, false).unwrap()).is_err());

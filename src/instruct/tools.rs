@@ -135,16 +135,25 @@ pub fn call_grammar(tools: &[String]) -> Result<String, String> {
     ))
 }
 
-/// JSON schema of a call object of any of `tools`.
+/// JSON schema of a call object of any of `tools`. It is tighter than the tools' own
+/// schemas where those leave freedom a generating model only gets lost in: arguments have no
+/// properties beyond the declared ones (unless a schema says otherwise), and the JSON is
+/// written compactly on one line (`x-guidance`, llguidance's compile options).
 pub fn call_schema(tools: &[ToolSpec]) -> Value {
     let alternatives: Vec<Value> = tools
         .iter()
         .map(|t| {
-            let params = t
+            let mut params = t
                 .json
                 .get("parameters")
                 .cloned()
-                .unwrap_or_else(|| json!({"type": "object"}));
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+            if let Some(obj) = params.as_object_mut()
+                && obj.contains_key("properties")
+                && !obj.contains_key("additionalProperties")
+            {
+                obj.insert("additionalProperties".into(), Value::Bool(false));
+            }
             json!({
                 "type": "object",
                 "properties": {"name": {"const": t.name}, "arguments": params},
@@ -153,11 +162,17 @@ pub fn call_schema(tools: &[ToolSpec]) -> Value {
             })
         })
         .collect();
-    if alternatives.len() == 1 {
+    let mut schema = if alternatives.len() == 1 {
         alternatives.into_iter().next().unwrap()
     } else {
         json!({ "anyOf": alternatives })
-    }
+    };
+    schema["x-guidance"] = json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+    });
+    schema
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
