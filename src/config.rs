@@ -24,6 +24,17 @@ pub struct Config {
     /// `[[model]]` tables: the models of the store that load, and which is the default.
     #[serde(rename = "model")]
     pub models: Vec<ModelConfig>,
+    /// `[[mcp]]` tables: MCP servers inferlets may connect to by name (`pie:mcp`
+    /// `available-servers`). pied has no MCP transport yet: a connected session's calls
+    /// fail saying so.
+    #[serde(rename = "mcp")]
+    pub mcp_servers: Vec<McpConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    pub name: String,
 }
 
 /// How each loaded model's engine runs (fixed at start).
@@ -238,6 +249,14 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        for (i, m) in self.mcp_servers.iter().enumerate() {
+            if m.name.is_empty() || m.name.len() > 128 {
+                return Err(err("mcp", "name", "must be 1 to 128 bytes long".into()));
+            }
+            if self.mcp_servers[..i].iter().any(|o| o.name == m.name) {
+                return Err(err("mcp", "name", format!("{:?} is listed twice", m.name)));
+            }
+        }
         if self.models.iter().filter(|m| m.default).count() > 1 {
             return Err(err(
                 "model",
@@ -368,6 +387,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2") && e.contains("socket_mode"), "{e}");
+    }
+
+    #[test]
+    fn mcp_tables() {
+        let c = Config::parse("[[mcp]]\nname = \"files\"\n").unwrap();
+        assert_eq!(c.mcp_servers[0].name, "files");
+        let e = Config::parse("[[mcp]]\nname = \"a\"\n[[mcp]]\nname = \"a\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("listed twice"), "{e:#}");
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl Daemon {
         let pie = crate::inferlet::Shared::new(
             llm.engines(),
             config.default_model().map(str::to_owned),
-            Vec::new(),
+            config.mcp_servers.iter().map(|m| m.name.clone()).collect(),
         );
         Ok(Arc::new(Daemon {
             config: RwLock::new(Arc::new(config)),
@@ -261,9 +261,7 @@ impl Daemon {
             scratch,
             process: crate::inferlet::ProcessMeta {
                 id,
-                uid: caller.uid,
                 tenant: caller.tenant.clone(),
-                program: program.name.clone(),
                 session: process.session.clone(),
             },
             shared: self.pie.clone(),
@@ -341,6 +339,9 @@ impl Daemon {
         };
         if names(&new) != names(&old) {
             fixed.push("[[model]]");
+        }
+        if new.mcp_servers != old.mcp_servers {
+            fixed.push("[[mcp]]");
         }
         if new.engine != old.engine {
             fixed.push("[engine]");

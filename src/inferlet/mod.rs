@@ -9,8 +9,8 @@
 //! - `view.table`: the process' `ResourceTable` (the same one WASI uses, so a `pollable`
 //!   made with `wasmtime_wasi::p2::subscribe` works with `wasi:io/poll`);
 //! - `view.ctx`: the process' [`InferletCtx`]:
-//!   - `ctx.process`: [`ProcessMeta`] — `id` (process id), `uid` and `tenant` (the owner,
-//!     used to scope snapshots, messaging topics, …), `program`;
+//!   - `ctx.process`: [`ProcessMeta`] — `id` (process id), `tenant` (the owner's user name,
+//!     used to scope snapshots, messaging topics, …), `session` (its session channel);
 //!   - `ctx.log`: the process' `EventLog` (append `EventKind::Stdout(bytes)` to print);
 //!   - `ctx.shared`: the daemon-wide [`Shared`] (`Arc`): `models` (name → `Arc<engine::Engine>`),
 //!     `default_model`, `snapshots` (tenant-scoped named KV snapshots), `messaging`
@@ -72,9 +72,7 @@ wasmtime::component::bindgen!({
 #[derive(Debug, Clone)]
 pub struct ProcessMeta {
     pub id: u64,
-    pub uid: u32,
     pub tenant: String,
-    pub program: String,
     /// The process' session channel (shared with the admin server, which feeds and drains it).
     pub session: Arc<crate::bus::Session>,
 }
@@ -172,9 +170,4 @@ pub fn add_to_linker<T: Send + 'static>(
 /// guest misusing a dropped handle; traps the guest.
 pub(crate) fn stale(what: &str) -> wasmtime::Error {
     wasmtime::Error::msg(format!("invalid {what} handle"))
-}
-
-/// Error text for a function an interface declares that this host does not provide yet.
-pub(crate) fn not_yet(what: &str) -> String {
-    format!("{what} is not yet implemented by pied")
 }

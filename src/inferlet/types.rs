@@ -1,7 +1,6 @@
 //! `pie:core/types`: `future-string` and `future-blob`, host futures the guest polls.
 //!
-//! Either is made from any Rust future (`FutureString::new(async { … })`) or from a value
-//! known at once (`FutureString::ready`). `pollable` resolves when the value is there; `get`
+//! Either is made from any Rust future (`FutureString::new(async { … })`). `pollable` resolves when the value is there; `get`
 //! then returns it once (later calls return `none`, as the SDK reads it once).
 
 use std::future::Future;
@@ -31,12 +30,6 @@ impl<T: Send + 'static> HostFuture<T> {
     pub fn new(fut: impl Future<Output = Option<T>> + Send + 'static) -> Self {
         HostFuture {
             state: State::Pending(Box::pin(fut)),
-        }
-    }
-
-    pub fn ready(value: T) -> Self {
-        HostFuture {
-            state: State::Ready(Some(value)),
         }
     }
 
