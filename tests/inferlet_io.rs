@@ -233,6 +233,53 @@ fn episodic_memory_remembers_across_runs() {
 }
 
 #[test]
+fn files_travel_both_ways_through_the_session() {
+    let pied = pied_with_model("[runtime]\nallow_fs = true\n");
+    let mem = inferlet("episodic-memory");
+    let m = path_str(&mem);
+    // In: pie-ctl send-file → session.receive-file (buffered until the inferlet asks).
+    let id = pied.launch_detached(&["--fs", m, "--", "--import"]);
+    let facts = pied.dir.join("facts.txt");
+    std::fs::write(&facts, "Cats purr.\nThe sky is blue.\n").unwrap();
+    let (ok, _, err) = run(&pied, &["send-file", &id.to_string(), path_str(&facts)]);
+    assert!(ok, "{err}");
+    assert_eq!(pied.wait_exit(id)["state"]["Exited"]["Code"], 0);
+    assert!(
+        logs(&pied, id).contains("imported 2 facts"),
+        "{}",
+        logs(&pied, id)
+    );
+    // Out: session.send-file → the foreground pie-ctl saves it with --files.
+    let saved = pied.dir.join("saved");
+    let (ok, out, err) = run(
+        &pied,
+        &[
+            "launch",
+            "--fs",
+            "--files",
+            path_str(&saved),
+            m,
+            "--",
+            "--export",
+        ],
+    );
+    assert!(ok && out.contains("exported 2 facts"), "{err}{out}");
+    assert!(err.contains("saved as"), "{err}");
+    let file = std::fs::read_dir(&saved)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read_to_string(file).unwrap(),
+        "Cats purr.\nThe sky is blue."
+    );
+    let (ok, _, err) = run(&pied, &["send-file", &id.to_string(), path_str(&facts)]);
+    assert!(!ok && err.contains("has ended"), "{err}");
+}
+
+#[test]
 fn agent_equips_a_tool_and_answers_its_call() {
     let pied = pied_with_model("");
     let agent = inferlet("agent");

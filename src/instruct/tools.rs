@@ -209,37 +209,35 @@ impl ToolDecoder {
         }
         let text = self.detok.delta(&self.tok)?;
         self.pending.push_str(&text);
-        loop {
-            if !self.in_call {
-                if self.at_start {
-                    let trimmed = self.pending.trim_start();
-                    if trimmed.is_empty() {
-                        return Ok(ToolEvent::Start);
-                    }
-                    if trimmed.starts_with('{') {
-                        return self.bare_call();
-                    }
-                    self.at_start = false;
+        if !self.in_call {
+            if self.at_start {
+                let trimmed = self.pending.trim_start();
+                if trimmed.is_empty() {
+                    return Ok(ToolEvent::Start);
                 }
-                match self.pending.find(CALL_START) {
-                    Some(at) => {
-                        self.pending.drain(..at + CALL_START.len());
-                        self.in_call = true;
-                    }
-                    None => {
-                        let keep = partial_suffix(&self.pending, CALL_START);
-                        self.pending.drain(..self.pending.len() - keep);
-                        return Ok(ToolEvent::Start);
-                    }
+                if trimmed.starts_with('{') {
+                    return self.bare_call();
+                }
+                self.at_start = false;
+            }
+            match self.pending.find(CALL_START) {
+                Some(at) => {
+                    self.pending.drain(..at + CALL_START.len());
+                    self.in_call = true;
+                }
+                None => {
+                    let keep = partial_suffix(&self.pending, CALL_START);
+                    self.pending.drain(..self.pending.len() - keep);
+                    return Ok(ToolEvent::Start);
                 }
             }
-            let Some(end) = self.pending.find(CALL_END) else {
-                return Ok(ToolEvent::Start);
-            };
-            let body: String = self.pending.drain(..end + CALL_END.len()).collect();
-            self.in_call = false;
-            return parse_call(&body[..end]);
         }
+        let Some(end) = self.pending.find(CALL_END) else {
+            return Ok(ToolEvent::Start);
+        };
+        let body: String = self.pending.drain(..end + CALL_END.len()).collect();
+        self.in_call = false;
+        parse_call(&body[..end])
     }
 
     /// A call written as a bare JSON object at the start of the turn, once it is complete.

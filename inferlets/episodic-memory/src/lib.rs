@@ -1,13 +1,16 @@
 //! Episodic memory: facts kept in the tenant's scratch tree (`/scratch/episodic-memory.jsonl`,
 //! one JSON string per line), so a later run of any of the tenant's processes remembers them.
-//! `--ask` puts the stored facts in a system turn and lets the model answer. Needs the
+//! `--ask` puts the stored facts in a system turn and lets the model answer. `--import` waits
+//! for a text file through the session (`pie-ctl send-file ID FILE`, one fact a line);
+//! `--export` sends the facts back as a file (`session.send-file`). Needs the
 //! filesystem grant: `pie-ctl launch --fs episodic-memory.wasm -- --remember "..."`.
 
 use std::io::Write;
 
 use inferlet::model::Model;
 use inferlet::sample::Sampler;
-use inferlet::{Context, Result, chat, runtime};
+use inferlet::pie::core::session;
+use inferlet::{Context, FutureBlobExt, Result, chat, runtime};
 use serde::Deserialize;
 
 const FILE: &str = "/scratch/episodic-memory.jsonl";
@@ -19,6 +22,8 @@ struct Input {
     ask: Option<String>,
     recall: bool,
     forget: bool,
+    export: bool,
+    import: bool,
     max_tokens: Option<usize>,
 }
 
@@ -36,6 +41,19 @@ fn memories() -> Result<Vec<String>> {
     }
 }
 
+fn remember(facts: &[String]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(FILE)
+        .map_err(|e| format!("cannot open {FILE}: {e}"))?;
+    for fact in facts {
+        writeln!(f, "{}", serde_json::to_string(fact).unwrap())
+            .map_err(|e| format!("cannot write {FILE}: {e}"))?;
+    }
+    Ok(())
+}
+
 #[inferlet::main]
 async fn main(input: Input) -> Result<String> {
     if std::fs::metadata("/scratch").is_err() {
@@ -50,22 +68,41 @@ async fn main(input: Input) -> Result<String> {
         return Ok("forgot everything".into());
     }
     if let Some(fact) = input.remember {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(FILE)
-            .map_err(|e| format!("cannot open {FILE}: {e} (launch with --fs)"))?;
-        writeln!(f, "{}", serde_json::to_string(&fact).unwrap())
-            .map_err(|e| format!("cannot write {FILE}: {e}"))?;
+        remember(&[fact])?;
         return Ok(format!("remembered ({} facts)", memories()?.len()));
     }
+    if input.import {
+        // One fact per line of a file the user sends (`pie-ctl send-file ID FILE`).
+        let data = session::receive_file()
+            .wait_async()
+            .await
+            .ok_or("the session ended before a file came")?;
+        let text = String::from_utf8(data).map_err(|_| "the file is not UTF-8 text")?;
+        let facts: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        remember(&facts)?;
+        return Ok(format!(
+            "imported {} facts ({} in all)",
+            facts.len(),
+            memories()?.len()
+        ));
+    }
     let facts = memories()?;
+    if input.export {
+        // The facts as a text file, one a line, to the user (`--files DIR` saves it).
+        session::send_file(facts.join("\n").as_bytes());
+        return Ok(format!("exported {} facts", facts.len()));
+    }
     if input.recall {
         return Ok(facts.join("\n"));
     }
     let question = input
         .ask
-        .ok_or("give --remember, --recall, --ask or --forget")?;
+        .ok_or("give --remember, --recall, --ask, --import, --export or --forget")?;
     let name = runtime::models()
         .first()
         .cloned()
