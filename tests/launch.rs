@@ -192,7 +192,7 @@ fn version_and_status_json() {
         serde_json::from_slice(&pied.ctl(&["version", "--json"]).stdout).unwrap();
     assert_eq!(v["client"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["daemon"]["server_version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(v["daemon"]["protocol_version"], 1);
+    assert_eq!(v["daemon"]["protocol_version"], proto::PROTOCOL_VERSION);
     let s: serde_json::Value =
         serde_json::from_slice(&pied.ctl(&["status", "--json"]).stdout).unwrap();
     assert_eq!(s["you"]["uid"], 0);
