@@ -5,7 +5,8 @@
 //! nobody follows, items are kept in a bounded buffer (the most recent [`OUTBOX_BYTES`]) and
 //! handed to the next follower first; what the bound pushed out is counted and reported to
 //! that follower as a [`Outgoing::Dropped`] notice, never lost silently. A follower that
-//! reads too slowly is told the same way.
+//! reads too slowly is told the same way. Once the process has ended, the buffer shrinks to
+//! its newest [`ENDED_OUTBOX_BYTES`] (counted the same way) for a late `attach`.
 //!
 //! **Inbound** (`receive`, `receive-file`): `pie-ctl signal ID MESSAGE`, the lines an
 //! attached `pie-ctl attach` reads from its stdin, and `pie-ctl send-file` land in bounded
@@ -22,6 +23,9 @@ use super::mailbox::{Bounds, ITEM_OVERHEAD, Mailbox, PushError};
 
 /// Bytes of outbound items kept while nobody follows the process (the newest win).
 pub const OUTBOX_BYTES: usize = 4 << 20;
+/// Bytes of unfollowed output kept once the process has ended (the newest win): enough for a
+/// late `attach` to see how it finished, small enough that many ended processes cost little.
+pub const ENDED_OUTBOX_BYTES: usize = 64 << 10;
 /// Outbound items a follower may have in flight before it counts as too slow.
 const FOLLOWER_QUEUE: usize = 4096;
 /// Largest single message or file, either way.
@@ -245,8 +249,10 @@ impl Session {
         self.accepting.load(Ordering::SeqCst)
     }
 
-    /// Ends the inbound side: the process is gone.
+    /// Ends the inbound side (the process is gone) and trims the unfollowed output to
+    /// [`ENDED_OUTBOX_BYTES`], counting what goes.
     pub fn close(&self) {
+        self.outbox.lock().unwrap().trim(ENDED_OUTBOX_BYTES);
         self.closed.store(true, Ordering::SeqCst);
         self.accepting.store(false, Ordering::SeqCst);
         self.messages.close();
@@ -345,7 +351,12 @@ impl Outbox {
     fn buffer(&mut self, item: Outgoing) {
         self.bytes += item.cost();
         self.buffered.push_back(item);
-        while self.bytes > OUTBOX_BYTES && self.buffered.len() > 1 {
+        self.trim(OUTBOX_BYTES);
+    }
+
+    /// Drops the oldest items until at most `max` bytes remain (the newest item stays).
+    fn trim(&mut self, max: usize) {
+        while self.bytes > max && self.buffered.len() > 1 {
             let old = self.buffered.pop_front().unwrap();
             self.bytes -= old.cost();
             self.dropped_items += 1;
@@ -402,6 +413,24 @@ mod tests {
         assert_eq!(bytes, items << 20);
         assert_eq!(f.backlog.last(), Some(&msg("last")));
         assert_eq!(f.backlog.len() as u64 - 1 + items, 7);
+    }
+
+    #[test]
+    fn an_ended_process_keeps_only_the_newest_output() {
+        let s = Session::new();
+        for _ in 0..4 {
+            s.send("y".repeat(40 << 10)).unwrap();
+        }
+        s.close();
+        let f = s.follow();
+        assert_eq!(
+            f.backlog[0],
+            Outgoing::Dropped {
+                items: 3,
+                bytes: 3 * (40 << 10)
+            }
+        );
+        assert_eq!(f.backlog.len(), 2);
     }
 
     #[tokio::test]
