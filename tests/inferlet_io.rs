@@ -171,6 +171,23 @@ fn messaging_between_two_processes() {
         l.contains("broadcast: hello from the producer; jobs: job-0,job-1,job-2"),
         "{l}"
     );
+    // A refused operation (here a topic name over the limit) ends the inferlet with the
+    // reason, and the daemon keeps serving.
+    let long = "t".repeat(300);
+    let (ok, _, err) = run(
+        &pied,
+        &[
+            "launch",
+            path_str(&pair),
+            "--",
+            "--role",
+            "consumer",
+            "--topic",
+            &long,
+        ],
+    );
+    assert!(!ok && err.contains("bad topic name"), "{err}");
+    assert!(run(&pied, &["status"]).0);
     // Topics are per tenant: a consumer of another user waits on its own, empty queue.
     if nix::unistd::Uid::effective().is_root() {
         let copy = pied.dir.join("messaging_pair.wasm");
