@@ -184,6 +184,18 @@ impl Snapshots {
     }
 }
 
+/// Runs a KV pool allocation, which blocks when the engine is configured to wait for free
+/// pages (`[engine] exhausted_wait_ms`): on the daemon's multi-thread runtime the worker's
+/// other tasks move elsewhere meanwhile.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn lock(state: &Mutex<CtxState>) -> MutexGuard<'_, CtxState> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -416,7 +428,8 @@ impl HostContext for PieView<'_> {
         if let Err(e) = s.kv() {
             return Ok(Err(e));
         }
-        match s.pool.alloc(num_pages as usize) {
+        let pool = s.pool.clone();
+        match blocking(|| pool.alloc(num_pages as usize)) {
             Ok(pages) => {
                 s.reserved.extend(pages);
                 Ok(Ok(()))
