@@ -279,3 +279,126 @@ fn missing_import_is_a_link_error_naming_it() {
     // The daemon keeps serving.
     assert_eq!(completion(&pied, &golden("fox").0, 2), golden("fox").1[..2]);
 }
+
+#[test]
+fn every_core_interface_answers_for_real() {
+    let pied = pied_with_model("[[mcp]]\nname = \"files\"\n");
+    let tour = inferlet("api-tour");
+    let id = pied.launch_detached(&[path_str(&tour)]);
+    assert_eq!(
+        pied.wait_exit(id)["state"],
+        serde_json::json!({"Exited": {"Code": 0}})
+    );
+    let out = pied.ctl(&["logs", &id.to_string()]);
+    let r: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let (fox, greedy) = golden("fox");
+    // runtime, model, tokenizer
+    assert_eq!(r["models"], serde_json::json!(["smollm2-135m"]));
+    assert!(r["version"].as_str().unwrap().starts_with("pied "));
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    assert_eq!(r["username"], me);
+    assert_eq!(r["instance_id"], id.to_string());
+    assert!(
+        r["unknown_model"]
+            .as_str()
+            .unwrap()
+            .contains("no model named")
+    );
+    assert_eq!(ids(&r["encode"]), fox);
+    assert_eq!(r["decode"], "The quick brown fox");
+    assert!(
+        r["decode_bad"]
+            .as_str()
+            .unwrap()
+            .contains("outside the vocabulary")
+    );
+    assert_eq!(r["vocab_len"], 49152);
+    assert_eq!(r["token_351_bytes"], " with");
+    assert!(r["split_regex"].as_str().unwrap().contains(r"\p{L}"));
+    assert_eq!(r["specials"].as_array().unwrap().len(), 17);
+    assert_eq!(r["specials"][2], serde_json::json!([2, "<|im_end|>"]));
+    // every sampler kind on one pass
+    let s = &r["samplers"];
+    assert_eq!(s["greedy"], greedy[0]);
+    assert_eq!(ids(&s["every"])[3], greedy[0]);
+    assert_eq!(ids(&s["dist_ids"]), vec![351, 284, 28, 365, 3365]); // golden top 5
+    assert_eq!(s["logits_len"], 49152);
+    assert_eq!(s["logits_argmax"], 351);
+    assert!(
+        (s["logit_351"].as_f64().unwrap() - 18.1388).abs() < 0.05,
+        "{s}"
+    );
+    let lp = s["logprob_351"][0].as_f64().unwrap();
+    assert!(
+        (lp - s["dist_probs"][0].as_f64().unwrap().ln()).abs() < 1e-3,
+        "{s}"
+    );
+    assert_eq!(s["logprobs"][0], s["logprob_351"][0]);
+    assert!(s["entropy"].as_f64().unwrap() > 0.0);
+    for k in ["top_k", "min_p", "multinomial", "top_k_top_p"] {
+        assert!(s[k].is_u64(), "{k}: {s}");
+    }
+    // masks, speculation, pages, suspend
+    assert_eq!(r["masked"], 284);
+    assert!(
+        r["attention_bad_rows"]
+            .as_str()
+            .unwrap()
+            .contains("2 rows for 1 tokens")
+    );
+    assert_ne!(r["attention_self_only"], greedy[1]);
+    assert_eq!(ids(&r["spec_right"]), greedy[1..5]);
+    assert_eq!(ids(&r["spec_wrong"]), greedy[1..3]);
+    let p = &r["pages"];
+    assert_eq!(
+        (p["page_size"].as_u64(), p["committed"].as_u64()),
+        (Some(32), Some(0))
+    );
+    assert_eq!(
+        (p["working"].as_u64(), p["working_tokens"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert!(
+        p["commit_too_many"]
+            .as_str()
+            .unwrap()
+            .contains("only 0 are full")
+    );
+    let sus = &r["suspend"];
+    assert_eq!(ids(&sus["continuation"]), greedy[..8]);
+    assert_eq!(
+        sus["balance_after"].as_f64().unwrap(),
+        sus["balance_before"].as_f64().unwrap() + 1.0,
+        "{sus}"
+    );
+    // scheduling, adapter, mcp
+    let sc = &r["scheduling"];
+    assert_eq!(
+        (sc["price"].as_f64(), sc["dividend"].as_f64()),
+        (Some(1.0), Some(0.0))
+    );
+    assert_eq!(sc["rent"].as_f64(), Some(0.0));
+    assert!(sc["latency"].as_f64().unwrap() > 0.0 && sc["balance"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["adapter"]
+            .as_str()
+            .unwrap()
+            .contains("not supported by this engine")
+    );
+    assert_eq!(r["mcp"]["servers"], serde_json::json!(["files"]));
+    assert!(
+        r["mcp"]["unknown"]
+            .as_str()
+            .unwrap()
+            .contains("no MCP server named")
+    );
+    assert!(
+        r["mcp"]["known_list_tools"]
+            .as_str()
+            .unwrap()
+            .contains("no MCP transport")
+    );
+}
