@@ -109,6 +109,13 @@ fn run(label: &str, be: CudaBackend, bw: f64, prompt: usize, gen_steps: usize, s
         "\n## {label} ({name}), weights read per decode step {:.1} MB",
         bytes / 1e6
     );
+    if std::env::args().any(|a| a == "--decode-only") {
+        // For profilers: nothing but `streams` decode runs.
+        for &s in streams {
+            decode(&e, s, prompt, gen_steps);
+        }
+        return;
+    }
     // Warm up (kernel load, cuBLAS heuristics, allocations).
     prefill(&e, 2, 64);
     decode(&e, 4, 16, 4);

@@ -281,7 +281,9 @@ fn smollm2_golden_greedy_ids() {
         }
     }
     eprintln!("golden top-5 logits: max |error| {worst:.4}");
-    assert!(worst < 0.1, "top-5 logits off by {worst}");
+    // The CPU backend (f32 K/V) holds 0.05; the bf16 K/V cache costs about 0.07 more (0.12
+    // measured on an H200, every greedy id still equal).
+    assert!(worst < 0.15, "top-5 logits off by {worst}");
 }
 
 #[test]

@@ -155,11 +155,15 @@ pub fn run_kernel_checks(ordinal: usize, seed: u64) -> Result<Vec<Check>> {
     }
     out.push(check_qkv_rope(&mut b)?);
     for (window, masked) in [(None, false), (None, true), (Some(7), false)] {
-        out.push(check_attention(&mut b, 24, window, masked)?);
+        for nsplit in [1, 3] {
+            out.push(check_attention(&mut b, 24, window, masked, nsplit)?);
+        }
     }
-    out.push(check_attention(&mut b, 64, None, false)?);
+    out.push(check_attention(&mut b, 64, None, false, 1)?);
+    out.push(check_attention(&mut b, 64, None, true, 5)?);
     out.push(check_silu(&mut b)?);
-    out.push(check_gemm(&mut b)?);
+    out.push(check_gemm(&mut b, false)?);
+    out.push(check_gemm(&mut b, true)?);
     out.push(check_copy_page(&mut b)?);
     out.extend(check_sampling(&mut b)?);
     b.be.stream
@@ -178,7 +182,7 @@ fn check_embed(b: &mut Bench) -> Result<Check> {
     let mut l = b.be.stream.launch_builder(&b.be.k.embed);
     l.arg(&pt).arg(&ptab).arg(&px).arg(&h);
     // SAFETY: sizes as allocated.
-    unsafe { l.launch(super::rows_cfg(rows, 256, 0)) }.map_err(|e| cuda_err("embed", e))?;
+    unsafe { l.launch(super::cols_cfg(rows, hidden, 256)) }.map_err(|e| cuda_err("embed", e))?;
     let got = b.down(&x)?;
     let want: Vec<f64> = toks
         .iter()
@@ -221,7 +225,8 @@ fn check_residual_norm(b: &mut Bench, split: usize) -> Result<Check> {
             .arg(&null);
         l.arg(&r32).arg(&h32).arg(&s32);
         // SAFETY: sizes as allocated.
-        unsafe { l.launch(super::rows_cfg(rows, 256, 0)) }.map_err(|e| cuda_err("norm", e))?;
+        unsafe { l.launch(super::rows_cfg(rows, super::NORM_THREADS, 0)) }
+            .map_err(|e| cuda_err("norm", e))?;
     }
     {
         let mut l = b.be.stream.launch_builder(&b.be.k.residual_norm);
@@ -234,7 +239,7 @@ fn check_residual_norm(b: &mut Bench, split: usize) -> Result<Check> {
             .arg(&pg);
         l.arg(&g32).arg(&h32).arg(&s32);
         // SAFETY: sizes as allocated.
-        unsafe { l.launch(super::rows_cfg(gather.len(), 256, 0)) }
+        unsafe { l.launch(super::rows_cfg(gather.len(), super::NORM_THREADS, 0)) }
             .map_err(|e| cuda_err("norm", e))?;
     }
     let mut xr = vec![0f64; rows * hidden];
@@ -342,7 +347,8 @@ fn check_qkv_rope(b: &mut Bench) -> Result<Check> {
             .arg(&hd32);
         l.arg(&ps32);
         // SAFETY: sizes as allocated.
-        unsafe { l.launch(super::rows_cfg(rows, 128, 0)) }.map_err(|e| cuda_err("rope", e))?;
+        unsafe { l.launch(super::cols_cfg(rows, super::rope_items(nh, nkv, hd), 128)) }
+            .map_err(|e| cuda_err("rope", e))?;
     }
     let (gq, gk, gv) = (b.down(&qo)?, b.down(&kc)?, b.down(&vc)?);
     let (mut got, mut want) = (Vec::new(), Vec::new());
@@ -386,7 +392,13 @@ fn check_qkv_rope(b: &mut Bench) -> Result<Check> {
 }
 
 /// Ragged batch over scattered pages; GQA group of 3; optional masks and sliding window.
-fn check_attention(b: &mut Bench, hd: usize, window: Option<usize>, masked: bool) -> Result<Check> {
+fn check_attention(
+    b: &mut Bench,
+    hd: usize,
+    window: Option<usize>,
+    masked: bool,
+    nsplit: usize,
+) -> Result<Check> {
     let (nh, nkv, ps, pages) = (6usize, 2usize, 5usize, 40usize);
     let (qd, kvd, g) = (nh * hd, nkv * hd, nh / nkv);
     // (kv_len before, rows) per sequence.
@@ -440,6 +452,8 @@ fn check_attention(b: &mut Bench, hd: usize, window: Option<usize>, masked: bool
     );
     let split = 2usize;
     let out = b.poisoned::<u16>(split * rows * qd)?;
+    let partial = b.poisoned::<f32>(rows * nkv * nsplit * (2 * g + g * hd))?;
+    let pp = if nsplit > 1 { b.p(&partial) } else { 0u64 };
     let a = [
         b.p(&dq),
         b.p(&dk),
@@ -471,14 +485,34 @@ fn check_attention(b: &mut Bench, hd: usize, window: Option<usize>, masked: bool
             .arg(&nkv32)
             .arg(&hd32)
             .arg(&ps32)
-            .arg(&scale);
+            .arg(&scale)
+            .arg(&pp);
         let cfg = LaunchConfig {
-            grid_dim: (rows as u32, nkv as u32, 1),
+            grid_dim: (rows as u32, nkv as u32, nsplit as u32),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: (4 * (g * hd + 128 * g + 56) + 8 * 128) as u32,
+            shared_mem_bytes: super::attention_smem(g, hd) as u32,
         };
         // SAFETY: sizes as allocated; shared memory as the kernel lays it out.
         unsafe { l.launch(cfg) }.map_err(|e| cuda_err("attention", e))?;
+    }
+    if nsplit > 1 {
+        let (ns32, po) = (nsplit as i32, b.p(&out));
+        let mut l = b.be.stream.launch_builder(&b.be.k.attention_combine);
+        l.arg(&pp)
+            .arg(&po)
+            .arg(&r32)
+            .arg(&s32)
+            .arg(&nh32)
+            .arg(&nkv32)
+            .arg(&hd32)
+            .arg(&ns32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, nkv as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: reads the partial records written above.
+        unsafe { l.launch(cfg) }.map_err(|e| cuda_err("attention_combine", e))?;
     }
     let got = unsplit(&b.down(&out)?, rows, qd, split);
     let mut want = vec![0f64; rows * qd];
@@ -515,7 +549,9 @@ fn check_attention(b: &mut Bench, hd: usize, window: Option<usize>, masked: bool
         }
     }
     Ok(check(
-        &format!("attention hd={hd} window={window:?} mask={masked} (GQA 3, ragged, paged)"),
+        &format!(
+            "attention hd={hd} window={window:?} mask={masked} splits={nsplit} (GQA 3, ragged, paged)"
+        ),
         rel(&got, &want),
         1e-5,
         "f64 reference over the same bf16 K/V",
@@ -531,7 +567,7 @@ fn check_silu(b: &mut Bench) -> Result<Check> {
     let mut l = b.be.stream.launch_builder(&b.be.k.silu_mul);
     l.arg(&pg).arg(&two).arg(&po).arg(&r32).arg(&i32_).arg(&two);
     // SAFETY: sizes as allocated.
-    unsafe { l.launch(super::rows_cfg(rows, 256, 0)) }.map_err(|e| cuda_err("silu", e))?;
+    unsafe { l.launch(super::cols_cfg(rows, inter, 256)) }.map_err(|e| cuda_err("silu", e))?;
     let got = unsplit(&b.down(&out)?, rows, inter, 2);
     let w = 2 * inter;
     let want: Vec<f64> = (0..rows * inter)
@@ -550,13 +586,21 @@ fn check_silu(b: &mut Bench) -> Result<Check> {
     ))
 }
 
-fn check_gemm(b: &mut Bench) -> Result<Check> {
-    let (rows, n, k) = (7usize, 129usize, 72usize);
+fn check_gemm(b: &mut Bench, gemv: bool) -> Result<Check> {
+    let (rows, n, k) = if gemv {
+        (5usize, 1029usize, 2056usize)
+    } else {
+        (37, 129, 72)
+    };
     let w = b.r.bf(n * k, 1.0);
     let x = b.r.bf(rows * k, 1.0);
     let (dw, dx) = (b.up(&w)?, b.up(&x)?);
     let y = b.poisoned::<f32>(rows * n)?;
-    b.be.gemm(b.p(&dw), b.p(&dx), b.p(&y), rows, n, k)?;
+    if gemv {
+        b.be.gemm(b.p(&dw), b.p(&dx), b.p(&y), rows, n, k)?;
+    } else {
+        b.be.cublas_gemm(b.p(&dw), b.p(&dx), b.p(&y), rows, n, k)?;
+    }
     let got = f64s(&b.down(&y)?);
     let want: Vec<f64> = (0..rows * n)
         .map(|i| {
@@ -567,7 +611,11 @@ fn check_gemm(b: &mut Bench) -> Result<Check> {
         })
         .collect();
     Ok(check(
-        "cuBLAS bf16 GEMM (f32 out)",
+        if gemv {
+            "gemv_bf16 (5 rows, k 2056)"
+        } else {
+            "cuBLAS bf16 GEMM (f32 out)"
+        },
         rel(&got, &want),
         1e-5,
         "exact bf16 products, f64 sum",

@@ -19,6 +19,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "copy_page",
     "fill_random",
     "sample_slots",
+    "gemv_bf16",
+    "attention_combine",
 ];
 
 /// True when libnvrtc can be loaded (cudarc panics on first use otherwise).

@@ -74,12 +74,13 @@ __device__ float block_max(float v, float* sh) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Embedding gather: x[r] = table[tokens[r]] (bf16 -> f32). grid = rows.
+// Embedding gather: x[r] = table[tokens[r]] (bf16 -> f32). grid = (ceil(hidden / block),
+// rows): one element per thread, so a decode step's single row is not one serial block.
 extern "C" __global__ void embed(const int* tokens, const unsigned short* table, float* x,
                                  int hidden) {
-    size_t r = blockIdx.x;
-    const unsigned short* e = table + (size_t)tokens[r] * hidden;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[r * hidden + i] = bf2f(e[i]);
+    size_t r = blockIdx.y;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < hidden) x[r * hidden + i] = bf2f(table[(size_t)tokens[r] * hidden + i]);
 }
 
 // Residual add + RMSNorm. For output row o (grid = rows):
@@ -94,6 +95,7 @@ extern "C" __global__ void residual_norm(float* x, const float* delta, int dspli
     size_t src = gather ? (size_t)gather[o] : o;
     float* xr = x + src * hidden;
     float ss = 0.f;
+#pragma unroll 4
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
         float v = xr[i];
         if (delta) {
@@ -105,29 +107,33 @@ extern "C" __global__ void residual_norm(float* x, const float* delta, int dspli
     }
     ss = block_sum(ss, sh);
     float r = rsqrtf(ss / hidden + eps);
+#pragma unroll 4
     for (int i = threadIdx.x; i < hidden; i += blockDim.x)
         store_split(out, o, rows, hidden, i, xr[i] * r * w[i], split);
 }
 
 // qkv (+ bias) -> RoPE on q and k (HF rotate_half pairs (i, i + d/2)), q to q_out (f32), k and
-// v to the paged cache (bf16). grid = rows.
+// v to the paged cache (bf16). grid = (ceil(((nh + nkv) * hd / 2 + nkv * hd) / block), rows):
+// one rotated pair or one v element per thread.
 extern "C" __global__ void qkv_rope_store(const float* qkv, int qsplit, int rows,
                                           const float* bias, const int* pos,
                                           const float* inv_freq, float* q_out,
                                           unsigned short* kc, unsigned short* vc,
                                           const int* row_page, const int* row_slot, int nh,
                                           int nkv, int hd, int page_size) {
-    size_t r = blockIdx.x;
+    size_t r = blockIdx.y;
     int qd = nh * hd, kvd = nkv * hd, width = qd + 2 * kvd, half = hd / 2;
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    int pairs = (nh + nkv) * half;
+    if (t >= pairs + kvd) return;
     const float* a = qkv + r * width;
     const float* b = qsplit == 2 ? qkv + (r + rows) * width : 0;
-    float p = (float)pos[r];
     size_t page = (size_t)row_page[r], slot = (size_t)row_slot[r];
 #define VAL(j) (a[j] + (b ? b[j] : 0.f) + (bias ? bias[j] : 0.f))
-    for (int t = threadIdx.x; t < (nh + nkv) * half; t += blockDim.x) {
+    if (t < pairs) {
         int head = t / half, i = t % half;
         float s, c;
-        sincosf(p * inv_freq[i], &s, &c);
+        sincosf((float)pos[r] * inv_freq[i], &s, &c);
         int base = head * hd; // k heads follow the q heads: QD + kh * hd == head * hd
         float x = VAL(base + i), y = VAL(base + i + half);
         float o1 = x * c - y * s, o2 = y * c + x * s;
@@ -139,50 +145,57 @@ extern "C" __global__ void qkv_rope_store(const float* qkv, int qsplit, int rows
             kc[off + i] = f2bf(o1);
             kc[off + i + half] = f2bf(o2);
         }
-    }
-    for (int t = threadIdx.x; t < kvd; t += blockDim.x) {
-        int kh = t / hd, d = t % hd;
+    } else {
+        int v = t - pairs, kh = v / hd, d = v % hd;
         size_t off = ((page * nkv + kh) * page_size + slot) * hd;
-        vc[off + d] = f2bf(VAL(qd + kvd + t));
+        vc[off + d] = f2bf(VAL(qd + kvd + v));
     }
 #undef VAL
 }
 
 // Paged attention, prefill and decode alike. grid = (rows, nkv), block = ATT_T threads.
 // A block serves the G = nh / nkv query heads of one KV head for one row, so each key and
-// value is read once per group. Keys are visited in chunks of ATT_T with an online softmax.
-// Row r may attend to slots [first, ctx) where mask bit j (if any mask) is set.
+// value is read once per group. Keys are visited in chunks of ATT_T with an online softmax:
+// scores one key per thread; then each of the 4 warps takes every 4th key of the chunk and
+// each lane accumulates 8 consecutive output dims per 16-byte load of V (so a warp reads
+// whole V rows, coalesced, with many loads in flight); the 4 warps' partial sums are added
+// at the end. Row r may attend to slots [first, ctx) where mask bit j (if any mask) is set.
 #define ATT_T 128
+#define ATT_W (ATT_T / 32)
 #define ATT_GMAX 8
-#define ATT_OMAX 8 // outputs per thread: G * hd <= ATT_T * ATT_OMAX
+#define ATT_GRP 4 // 8-dim groups per lane: G * hd <= 32 * 8 * ATT_GRP = 1024
 extern "C" __global__ void __launch_bounds__(ATT_T)
 attention(const float* q, const unsigned short* kc, const unsigned short* vc, const int* pages,
           const int* row_pt, const int* row_ctx, const int* row_first, const int* row_mask,
           const unsigned* mask_bits, unsigned short* out, int rows, int split, int nh, int nkv,
-          int hd, int page_size, float scale) {
+          int hd, int page_size, float scale, float* partial) {
     extern __shared__ float smem[];
     const int G = nh / nkv, gw = G * hd, t = threadIdx.x, lane = t & 31, wid = t >> 5;
     const size_t r = blockIdx.x;
-    const int g = blockIdx.y;
+    const int g = blockIdx.y, z = blockIdx.z, nsplit = gridDim.z;
     float* qs = smem;                    // [G][hd]
     float* sc = qs + gw;                 // [G][ATT_T] scores, then probabilities
-    float* red = sc + G * ATT_T;         // [4][ATT_GMAX]
+    float* red = sc + G * ATT_T;         // [ATT_W][ATT_GMAX]
     float* m_s = red + 4 * ATT_GMAX;     // running max per head
     float* l_s = m_s + ATT_GMAX;         // running sum per head
     float* al_s = l_s + ATT_GMAX;        // rescale factor of this chunk
     long long* koff = (long long*)(al_s + ATT_GMAX); // [ATT_T] element offset of each key, -1 = skip
+    float* part = (float*)(koff + ATT_T); // [ATT_W][gw] per-warp partial outputs
 
-    const int qd = nh * hd;
+    const int qd = nh * hd, ngrp = gw / 8;
     for (int i = t; i < gw; i += ATT_T) qs[i] = q[r * qd + (size_t)g * gw + i] * scale;
     if (t < ATT_GMAX) { m_s[t] = NEG_INF; l_s[t] = 0.f; }
-    float acc[ATT_OMAX];
+    float acc[ATT_GRP][8];
 #pragma unroll
-    for (int k = 0; k < ATT_OMAX; k++) acc[k] = 0.f;
+    for (int gi = 0; gi < ATT_GRP; gi++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[gi][e] = 0.f;
     const int ctx = row_ctx[r], first = row_first[r], moff = row_mask[r];
     const int* pt = pages + row_pt[r];
     __syncthreads();
 
-    for (int c = first; c < ctx; c += ATT_T) {
+    // Split z of nsplit takes every nsplit-th chunk (decode: more blocks than rows × heads).
+    for (int c = first + z * ATT_T; c < ctx; c += nsplit * ATT_T) {
         int j = c + t;
         bool ok = j < ctx;
         if (ok && moff >= 0) {
@@ -196,6 +209,7 @@ attention(const float* q, const unsigned short* kc, const unsigned short* vc, co
             size_t off = (((size_t)pt[j / page_size] * nkv + g) * page_size + j % page_size) * hd;
             koff[t] = (long long)off;
             const uint4* kp = (const uint4*)(kc + off); // 8 bf16 per load; hd % 8 == 0
+#pragma unroll 8
             for (int d8 = 0; d8 < hd / 8; d8++) {
                 uint4 kv = kp[d8];
                 unsigned w4[4] = {kv.x, kv.y, kv.z, kv.w};
@@ -244,47 +258,116 @@ attention(const float* q, const unsigned short* kc, const unsigned short* vc, co
         if (t < G)
             l_s[t] = l_s[t] * al_s[t] + red[t] + red[ATT_GMAX + t] + red[2 * ATT_GMAX + t] +
                      red[3 * ATT_GMAX + t];
-        int n = min(ATT_T, ctx - c);
+        // Rescale this lane's partial sums to the new running max, then add this chunk's keys.
 #pragma unroll
-        for (int k = 0; k < ATT_OMAX; k++) {
-            int o = t + k * ATT_T;
-            if (o < gw) {
-                int h = o / hd, d = o % hd;
-                float a = acc[k] * al_s[h];
-                const float* ph = sc + h * ATT_T;
-                for (int jj = 0; jj < n; jj++) {
-                    long long ko = koff[jj];
-                    float pj = ph[jj];
-                    if (ko >= 0 && pj != 0.f) a += pj * bf2f(vc[ko + d]);
+        for (int gi = 0; gi < ATT_GRP; gi++) {
+            int grp = lane + 32 * gi;
+            if (grp < ngrp) {
+                float a = al_s[(grp * 8) / hd];
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[gi][e] *= a;
+            }
+        }
+        int n = min(ATT_T, ctx - c);
+        // Batches of 8 keys per warp: all 8 V loads are issued before the first use (a key
+        // that is masked or past the end loads a harmless row 0 and weighs 0), so a warp keeps
+        // 8 loads in flight instead of waiting on each.
+#pragma unroll
+        for (int gi = 0; gi < ATT_GRP; gi++) {
+            int grp = lane + 32 * gi;
+            if (grp >= ngrp) continue;
+            int o = grp * 8, h = o / hd, d = o - h * hd;
+            const float* ph = sc + h * ATT_T;
+            for (int j0 = wid; j0 < n; j0 += 8 * ATT_W) {
+                uint4 vv[8];
+                float pj[8];
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    int jj = j0 + u * ATT_W;
+                    long long ko = jj < n ? koff[jj] : -1;
+                    pj[u] = ko >= 0 ? ph[jj] : 0.f;
+                    vv[u] = *(const uint4*)(vc + (ko >= 0 ? ko : 0) + d);
                 }
-                acc[k] = a;
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    unsigned w4[4] = {vv[u].x, vv[u].y, vv[u].z, vv[u].w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        acc[gi][2 * e] += pj[u] * __uint_as_float(w4[e] << 16);
+                        acc[gi][2 * e + 1] += pj[u] * __uint_as_float(w4[e] & 0xffff0000u);
+                    }
+                }
             }
         }
         __syncthreads();
     }
+    // Sum the warps' partial outputs, normalise, store.
 #pragma unroll
-    for (int k = 0; k < ATT_OMAX; k++) {
-        int o = t + k * ATT_T;
-        if (o < gw) {
-            int h = o / hd;
-            float l = l_s[h];
-            float v = l > 0.f ? acc[k] / l : 0.f; // every slot masked: zero, not NaN
+    for (int gi = 0; gi < ATT_GRP; gi++) {
+        int grp = lane + 32 * gi;
+        if (grp < ngrp)
+#pragma unroll
+            for (int e = 0; e < 8; e++) part[wid * gw + grp * 8 + e] = acc[gi][e];
+    }
+    __syncthreads();
+    // One split: normalise and store. Several: leave (max, sum, unnormalised output) per head
+    // for attention_combine.
+    float* P = partial + (((size_t)r * nkv + g) * nsplit + z) * (2 * G + gw);
+    if (nsplit > 1 && t < G) {
+        P[t] = m_s[t];
+        P[G + t] = l_s[t];
+    }
+    for (int o = t; o < gw; o += ATT_T) {
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < ATT_W; w++) v += part[w * gw + o];
+        if (nsplit > 1) {
+            P[2 * G + o] = v;
+        } else {
+            float l = l_s[o / hd];
+            v = l > 0.f ? v / l : 0.f; // every slot masked: zero, not NaN
             store_split(out, r, rows, qd, (size_t)g * gw + o, v, split);
         }
     }
 }
 
-// act = silu(gate) * up, bf16 (split) for the down projection. grid = rows.
+// Merges the nsplit partial results of `attention` (flash-decoding). grid = (rows, nkv).
+extern "C" __global__ void attention_combine(const float* partial, unsigned short* out, int rows,
+                                             int split, int nh, int nkv, int hd, int nsplit) {
+    const int G = nh / nkv, gw = G * hd, qd = nh * hd;
+    const size_t r = blockIdx.x;
+    const int g = blockIdx.y;
+    const float* P0 = partial + ((size_t)r * nkv + g) * nsplit * (2 * G + gw);
+    for (int o = threadIdx.x; o < gw; o += blockDim.x) {
+        int h = o / hd;
+        float M = NEG_INF;
+        for (int z = 0; z < nsplit; z++) M = fmaxf(M, P0[z * (2 * G + gw) + h]);
+        float L = 0.f, acc = 0.f;
+        if (M != NEG_INF) {
+            for (int z = 0; z < nsplit; z++) {
+                const float* P = P0 + z * (2 * G + gw);
+                if (P[h] == NEG_INF) continue;
+                float e = expf(P[h] - M);
+                L += P[G + h] * e;
+                acc += P[2 * G + o] * e;
+            }
+        }
+        store_split(out, r, rows, qd, (size_t)g * gw + o, L > 0.f ? acc / L : 0.f, split);
+    }
+}
+
+// act = silu(gate) * up, bf16 (split) for the down projection. grid = (ceil(inter / block),
+// rows), one element per thread.
 extern "C" __global__ void silu_mul(const float* gu, int gsplit, unsigned short* out, int rows,
                                     int inter, int split) {
-    size_t r = blockIdx.x;
+    size_t r = blockIdx.y;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= inter) return;
     const float* a = gu + r * 2 * inter;
     const float* b = gsplit == 2 ? gu + (r + rows) * 2 * inter : 0;
-    for (int i = threadIdx.x; i < inter; i += blockDim.x) {
-        float g = a[i] + (b ? b[i] : 0.f);
-        float u = a[inter + i] + (b ? b[inter + i] : 0.f);
-        store_split(out, r, rows, inter, i, g / (1.f + expf(-g)) * u, split);
-    }
+    float g = a[i] + (b ? b[i] : 0.f);
+    float u = a[inter + i] + (b ? b[inter + i] : 0.f);
+    store_split(out, r, rows, inter, i, g / (1.f + expf(-g)) * u, split);
 }
 
 // Adds the two halves of the LM head's split GEMM: out[r] = lg[r] (+ lg[r + rows]).
@@ -325,6 +408,61 @@ extern "C" __global__ void fill_random(unsigned short* w, size_t n, unsigned lon
         z ^= z >> 31;
         float u = (float)(z >> 40) * (1.0f / 16777216.0f); // [0, 1)
         w[i] = f2bf(constant ? scale : (2.f * u - 1.f) * scale);
+    }
+}
+
+// y[rows, n] = x[rows, k] · w[n, k]ᵀ for few rows (decode): memory-bound on w, so one warp
+// streams one weight row with 16-byte loads and keeps a partial sum per activation row in
+// registers; x (a few KB) stays in L1/L2. k % 8 == 0. grid = ceil(n / 8) blocks of 256.
+#define GEMV_MAXR 8
+__device__ __forceinline__ void unpack8(uint4 v, float* f) {
+    unsigned w4[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        f[2 * e] = __uint_as_float(w4[e] << 16);
+        f[2 * e + 1] = __uint_as_float(w4[e] & 0xffff0000u);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+gemv_bf16(const unsigned short* __restrict__ w, const unsigned short* __restrict__ x,
+          float* __restrict__ y, int rows, int n, int k) {
+    int col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (col >= n) return;
+    const unsigned short* wr = w + (size_t)col * k;
+    float acc[GEMV_MAXR];
+#pragma unroll
+    for (int r = 0; r < GEMV_MAXR; r++) acc[r] = 0.f;
+    // Tiles of 4 × 256 elements: the four 16-byte weight loads of a tile are issued before any
+    // is used, so each warp keeps 2 KB in flight.
+    for (int k0 = lane * 8; k0 < k; k0 += 1024) {
+        uint4 wv[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            wv[u] = k0 + 256 * u < k ? __ldg((const uint4*)(wr + k0 + 256 * u)) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int kk = k0 + 256 * u;
+            if (kk >= k) break;
+            float wf[8], xf[8];
+            unpack8(wv[u], wf);
+#pragma unroll
+            for (int r = 0; r < GEMV_MAXR; r++) {
+                if (r < rows) {
+                    unpack8(*(const uint4*)(x + (size_t)r * k + kk), xf);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[r] += wf[e] * xf[e];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_MAXR; r++) {
+        if (r < rows) {
+            float v = warp_sum(acc[r]);
+            if (lane == 0) y[(size_t)r * n + col] = v;
+        }
     }
 }
 

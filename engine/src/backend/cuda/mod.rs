@@ -117,6 +117,8 @@ struct Kernels {
     copy_page: CudaFunction,
     fill_random: CudaFunction,
     sample_slots: CudaFunction,
+    gemv_bf16: CudaFunction,
+    attention_combine: CudaFunction,
 }
 
 struct Layer {
@@ -132,6 +134,7 @@ struct Layer {
 /// Activation and metadata buffers, reused across steps.
 struct Bufs {
     meta: Scratch<i32>,
+    mask: Scratch<u32>,
     x: Scratch<f32>,
     hb: Scratch<u16>,
     y: Scratch<f32>,
@@ -139,6 +142,7 @@ struct Bufs {
     hout: Scratch<u16>,
     lg: Scratch<f32>,
     logits: Scratch<f32>,
+    apart: Scratch<f32>,
     sparams: Scratch<i32>,
     sres: Scratch<f32>,
 }
@@ -160,6 +164,17 @@ pub struct CudaBackend {
     num_pages: usize,
     page_size: usize,
     bufs: Bufs,
+    /// Captured step graphs by shape and buffer addresses (see `run`).
+    graphs: std::collections::HashMap<GraphKey, StepGraph>,
+    last_key: Option<GraphKey>,
+    /// `PIE_CUDA_GRAPHS=0` turns capture off (debugging, or comparing timings).
+    use_graphs: bool,
+    /// `PIE_CUDA_GEMV=1` sends decode-sized products (<= 8 rows) to our GEMV kernel instead of
+    /// cuBLAS (measured slower on an H200: kept for comparison, see engine/README.md).
+    use_gemv: bool,
+    prof: Profile,
+    /// cuBLAS workspace, set explicitly so that captured GEMMs never allocate.
+    _blas_ws: CudaSlice<u8>,
     // Kept last: dropped after everything allocated in it.
     _ctx: Arc<CudaContext>,
 }
@@ -176,7 +191,60 @@ struct Meta {
     row_mask: usize,
     out_rows: usize,
     pages: usize,
-    mask_bits: usize,
+}
+
+/// Device addresses of one step's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Ptrs {
+    meta: u64,
+    mask: u64,
+    x: u64,
+    hb: u64,
+    y: u64,
+    q: u64,
+    hout: u64,
+    lg: u64,
+    logits: u64,
+    apart: u64,
+}
+
+/// Per-kernel GPU time (`PIE_CUDA_PROFILE=1`, which also turns graph capture off): an event
+/// is recorded after every launch, the time between consecutive events is charged to the
+/// launch, and the totals are printed to stderr when the backend is dropped.
+#[derive(Default)]
+struct Profile {
+    on: bool,
+    marks: std::cell::RefCell<Vec<(&'static str, cudarc::driver::CudaEvent)>>,
+    totals: std::cell::RefCell<std::collections::BTreeMap<&'static str, (f64, u64)>>,
+    steps: std::cell::Cell<u64>,
+}
+
+/// A captured forward pass. cudarc's graph holds raw driver handles, so it is not `Send`;
+/// the backend (and with it every graph) moves to the engine thread once and is only used
+/// there, with its context bound by each cudarc call.
+struct StepGraph(cudarc::driver::CudaGraph);
+// SAFETY: see above; driver graph handles are not tied to the creating thread.
+unsafe impl Send for StepGraph {}
+
+/// What a captured step graph is valid for: the batch shape and every buffer address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct GraphKey {
+    t: usize,
+    n_out: usize,
+    p: Ptrs,
+}
+
+/// Copies `v` into the start of a scratch buffer already sized by `Scratch::get`.
+fn upload<T: DeviceRepr + ValidAsZeroBits>(
+    st: &Arc<CudaStream>,
+    buf: &mut Scratch<T>,
+    v: &[T],
+    what: &str,
+) -> Result<()> {
+    let b = buf.buf.as_mut().expect("sized by get");
+    let mut dst = b.slice_mut(0..v.len());
+    st.memcpy_htod(v, &mut dst)
+        .map_err(|e| cuda_err(&format!("uploading {what}"), e))
 }
 
 impl CudaBackend {
@@ -219,7 +287,10 @@ impl CudaBackend {
         // One stream, no cross-stream hazards: skip cudarc's per-buffer event bookkeeping.
         // SAFETY: every buffer is used on `stream` only.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured into graphs.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| cuda_err("creating a stream", e))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| cuda_err("reading compute capability", e))?;
@@ -243,8 +314,25 @@ impl CudaBackend {
             copy_page: f("copy_page")?,
             fill_random: f("fill_random")?,
             sample_slots: f("sample_slots")?,
+            gemv_bf16: f("gemv_bf16")?,
+            attention_combine: f("attention_combine")?,
         };
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("creating cuBLAS", e))?;
+        let blas_ws = stream
+            .alloc_zeros::<u8>(32 << 20)
+            .map_err(|e| cuda_err("allocating the cuBLAS workspace", e))?;
+        // SAFETY: the workspace outlives the handle (both are fields; the handle is dropped
+        // first as it is declared first).
+        let rc = unsafe {
+            bsys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                dptr(&blas_ws, &stream) as *mut c_void,
+                32 << 20,
+            )
+        };
+        if rc != bsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(cuda_err("setting the cuBLAS workspace", rc));
+        }
         let kv_elems = cfg.num_layers * opts.num_pages * opts.page_size * cfg.kv_dim();
         let alloc16 = |n: usize| {
             stream
@@ -288,6 +376,7 @@ impl CudaBackend {
             page_size: opts.page_size,
             bufs: Bufs {
                 meta: Scratch::new(),
+                mask: Scratch::new(),
                 x: Scratch::new(),
                 hb: Scratch::new(),
                 y: Scratch::new(),
@@ -295,9 +384,20 @@ impl CudaBackend {
                 hout: Scratch::new(),
                 lg: Scratch::new(),
                 logits: Scratch::new(),
+                apart: Scratch::new(),
                 sparams: Scratch::new(),
                 sres: Scratch::new(),
             },
+            graphs: Default::default(),
+            last_key: None,
+            prof: Profile {
+                on: std::env::var_os("PIE_CUDA_PROFILE").is_some(),
+                ..Default::default()
+            },
+            use_graphs: std::env::var("PIE_CUDA_GRAPHS").as_deref() != Ok("0")
+                && std::env::var_os("PIE_CUDA_PROFILE").is_none(),
+            use_gemv: std::env::var("PIE_CUDA_GEMV").as_deref() == Ok("1"),
+            _blas_ws: blas_ws,
             cfg,
             _ctx: ctx,
         };
@@ -438,8 +538,28 @@ impl CudaBackend {
         &self.stream
     }
 
-    /// `y[rows, n] = x[rows, k] · w[n, k]ᵀ` (bf16 inputs, f32 output and accumulation).
+    /// `y[rows, n] = x[rows, k] · w[n, k]ᵀ` (bf16 inputs, f32 output and accumulation):
+    /// our GEMV kernel for decode-sized row counts, cuBLAS otherwise.
     fn gemm(&self, w: u64, x: u64, y: u64, rows: usize, n: usize, k: usize) -> Result<()> {
+        if self.use_gemv && rows <= 8 && k.is_multiple_of(8) {
+            let (r32, n32, k32) = (rows as i32, n as i32, k as i32);
+            let mut l = self.stream.launch_builder(&self.k.gemv_bf16);
+            l.arg(&w).arg(&x).arg(&y).arg(&r32).arg(&n32).arg(&k32);
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(8) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: w holds n×k, x rows×k bf16, y rows×n f32; k % 8 == 0 keeps the 16-byte
+            // loads aligned.
+            unsafe { l.launch(cfg) }.map_err(|e| cuda_err("launching gemv_bf16", e))?;
+            return Ok(());
+        }
+        self.cublas_gemm(w, x, y, rows, n, k)
+    }
+
+    /// `gemm` through cuBLAS.
+    fn cublas_gemm(&self, w: u64, x: u64, y: u64, rows: usize, n: usize, k: usize) -> Result<()> {
         let (alpha, beta) = (1f32, 0f32);
         // SAFETY: w holds n×k, x rows×k bf16 values, y rows×n f32 (checked by the callers'
         // buffer sizing); column-major view: yᵀ[n, rows] = w[k, n]ᵀ · xᵀ[k, rows].
@@ -469,12 +589,13 @@ impl CudaBackend {
         .map_err(|e| cuda_err("cublasGemmEx", e))
     }
 
-    /// Packs the batch's metadata (tokens, positions, per-row KV slots, page tables, masks)
-    /// into one i32 vector, uploaded with a single copy.
-    fn pack_meta(&self, b: &BatchInput) -> (Vec<i32>, Meta) {
+    /// Packs the batch's metadata (tokens, positions, per-row KV slots, page tables) into one
+    /// i32 vector, uploaded with a single copy; attention-mask bits go to a second vector.
+    /// Offsets depend only on (rows, outputs), so a captured graph's arguments stay valid.
+    fn pack_meta(&self, b: &BatchInput) -> (Vec<i32>, Vec<u32>, Meta) {
         let t = b.tokens.len();
         let ps = self.page_size;
-        let mut m = Meta {
+        let m = Meta {
             tokens: 0,
             positions: t,
             row_page: 2 * t,
@@ -485,7 +606,6 @@ impl CudaBackend {
             row_mask: 7 * t,
             out_rows: 8 * t,
             pages: 8 * t + b.outputs.len(),
-            mask_bits: 0,
         };
         let mut v = vec![0i32; m.pages];
         for (r, (&tok, &pos)) in b.tokens.iter().zip(&b.positions).enumerate() {
@@ -500,7 +620,6 @@ impl CudaBackend {
             pt_off.push((v.len() - m.pages) as i32);
             v.extend(s.kv_pages.iter().map(|&p| p as i32));
         }
-        m.mask_bits = v.len();
         let mut bits: Vec<u32> = Vec::new();
         let mut allowed = Vec::new();
         for (si, s) in b.seqs.iter().enumerate() {
@@ -527,18 +646,129 @@ impl CudaBackend {
                 };
             }
         }
-        v.extend(bits.iter().map(|&w| w as i32));
-        (v, m)
+        (v, bits, m)
     }
 
     /// Runs the layers and the LM head; leaves the logits of `b.outputs` on the device,
     /// row-major `[outputs, vocab]`, and returns their address.
+    ///
+    /// The launches after the metadata upload depend only on the buffer addresses and the
+    /// (rows, outputs) shape, so a shape seen twice in a row (decode steps at a steady
+    /// concurrency) is captured into a CUDA graph and replayed: one launch per step instead of
+    /// ~9 per layer.
     fn run(&mut self, b: &BatchInput) -> Result<u64> {
         validate_batch(b, self.cfg.vocab_size, self.num_pages, self.page_size)?;
-        let cfg = &self.cfg;
         let st = self.stream.clone();
-        let (t, h, qd, kvd, inter, hd) = (
+        let cfg = &self.cfg;
+        let (t, h, qd, kvd, inter) = (
             b.tokens.len(),
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
+        let s = self.split;
+        let wq = qd + 2 * kvd;
+        let n_out = b.outputs.len();
+        let vocab = cfg.vocab_size;
+        let (meta, bits, mo) = self.pack_meta(b);
+        let bm = &mut self.bufs;
+        let meta_p = bm.meta.get(&st, meta.len())?;
+        upload(&st, &mut bm.meta, &meta, "batch metadata")?;
+        let mask_p = bm.mask.get(&st, bits.len())?;
+        if !bits.is_empty() {
+            upload(&st, &mut bm.mask, &bits, "attention masks")?;
+        }
+        let p = Ptrs {
+            meta: meta_p,
+            mask: mask_p,
+            x: bm.x.get(&st, t * h)?,
+            hb: bm.hb.get(&st, s * t * h.max(inter).max(qd))?,
+            y: bm.y.get(&st, s * t * wq.max(h).max(2 * inter))?,
+            q: bm.q.get(&st, t * qd)?,
+            hout: bm.hout.get(&st, s * n_out.max(1) * h)?,
+            lg: bm.lg.get(&st, s * n_out.max(1) * vocab)?,
+            logits: bm.logits.get(&st, n_out.max(1) * vocab)?,
+            apart: bm.apart.get(
+                &st,
+                t * cfg.num_kv_heads
+                    * attention_splits(t, cfg.num_kv_heads)
+                    * (2 * qd / cfg.num_kv_heads + 2 * cfg.num_heads),
+            )?,
+        };
+        let key = GraphKey { t, n_out, p };
+        if let Some(g) = self.graphs.get(&key) {
+            g.0.launch()
+                .map_err(|e| cuda_err("launching the step graph", e))?;
+            return Ok(p.logits);
+        }
+        let capture = self.use_graphs && self.last_key == Some(key);
+        self.last_key = Some(key);
+        if !capture {
+            self.encode(t, n_out, &mo, &p)?;
+            return Ok(p.logits);
+        }
+        st.begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )
+        .map_err(|e| cuda_err("beginning graph capture", e))?;
+        let encoded = self.encode(t, n_out, &mo, &p);
+        let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        encoded?;
+        match graph {
+            Ok(Some(g)) => {
+                g.launch()
+                    .map_err(|e| cuda_err("launching the step graph", e))?;
+                if self.graphs.len() >= 32 {
+                    self.graphs.clear(); // shapes churn (prefill chunks): start over
+                }
+                self.graphs.insert(key, StepGraph(g));
+            }
+            // Capture refused (driver limits): run the launches directly from now on.
+            _ => {
+                self.use_graphs = false;
+                self.encode(t, n_out, &mo, &p)?;
+            }
+        }
+        Ok(p.logits)
+    }
+
+    /// Records a profiling event charged to `name` (no-op unless profiling).
+    fn mark(&self, name: &'static str) {
+        if !self.prof.on {
+            return;
+        }
+        if let Ok(e) = self
+            ._ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            && e.record(&self.stream).is_ok()
+        {
+            self.prof.marks.borrow_mut().push((name, e));
+        }
+    }
+
+    /// After a synchronisation: adds the time between consecutive marks to their kernels.
+    fn collect_profile(&self) {
+        if !self.prof.on {
+            return;
+        }
+        let marks = std::mem::take(&mut *self.prof.marks.borrow_mut());
+        let mut totals = self.prof.totals.borrow_mut();
+        for w in marks.windows(2) {
+            if let Ok(ms) = w[0].1.elapsed_ms(&w[1].1) {
+                let e = totals.entry(w[1].0).or_default();
+                e.0 += ms as f64;
+                e.1 += 1;
+            }
+        }
+        self.prof.steps.set(self.prof.steps.get() + 1);
+    }
+
+    /// Enqueues the forward pass's launches (embedding through the LM head) on the stream.
+    fn encode(&self, t: usize, n_out: usize, mo: &Meta, p: &Ptrs) -> Result<()> {
+        let cfg = &self.cfg;
+        let st = &self.stream;
+        let (h, qd, kvd, inter, hd) = (
             cfg.hidden_size,
             cfg.q_dim(),
             cfg.kv_dim(),
@@ -547,54 +777,43 @@ impl CudaBackend {
         );
         let (nh, nkv, s) = (cfg.num_heads, cfg.num_kv_heads, self.split);
         let wq = qd + 2 * kvd;
-        let n_out = b.outputs.len();
-        let (meta, mo) = self.pack_meta(b);
-        let bm = &mut self.bufs;
-        let meta_p = bm.meta.get(&st, meta.len())?;
-        {
-            let buf = bm.meta.buf.as_mut().expect("allocated");
-            let mut dst = buf.slice_mut(0..meta.len());
-            st.memcpy_htod(&meta, &mut dst)
-                .map_err(|e| cuda_err("uploading batch metadata", e))?;
-        }
-        let mp = |off: usize| meta_p + 4 * off as u64;
-        let m_tokens = mp(mo.tokens);
-        let m_positions = mp(mo.positions);
-        let m_row_page = mp(mo.row_page);
-        let m_row_slot = mp(mo.row_slot);
-        let m_row_pt = mp(mo.row_pt);
-        let m_row_ctx = mp(mo.row_ctx);
-        let m_row_first = mp(mo.row_first);
-        let m_row_mask = mp(mo.row_mask);
-        let m_out_rows = mp(mo.out_rows);
-        let m_pages = mp(mo.pages);
-        let m_mask_bits = mp(mo.mask_bits);
-        let x = bm.x.get(&st, t * h)?;
-        let hb = bm.hb.get(&st, s * t * h.max(inter).max(qd))?;
-        let y = bm.y.get(&st, s * t * wq.max(h).max(2 * inter))?;
-        let q = bm.q.get(&st, t * qd)?;
-        let hout = bm.hout.get(&st, s * n_out.max(1) * h)?;
-        let lg = bm.lg.get(&st, s * n_out.max(1) * cfg.vocab_size)?;
-        let logits = bm.logits.get(&st, n_out.max(1) * cfg.vocab_size)?;
+        let (x, hb, y, q, hout, lg, logits) = (p.x, p.hb, p.y, p.q, p.hout, p.lg, p.logits);
+        let mp = |off: usize| p.meta + 4 * off as u64;
+        let (m_tokens, m_positions, m_row_page, m_row_slot) = (
+            mp(mo.tokens),
+            mp(mo.positions),
+            mp(mo.row_page),
+            mp(mo.row_slot),
+        );
+        let (m_row_pt, m_row_ctx, m_row_first, m_row_mask) = (
+            mp(mo.row_pt),
+            mp(mo.row_ctx),
+            mp(mo.row_first),
+            mp(mo.row_mask),
+        );
+        let (m_out_rows, m_pages, m_mask_bits) = (mp(mo.out_rows), mp(mo.pages), p.mask);
         let k = &self.k;
         let (t32, h32, s32) = (t as i32, h as i32, s as i32);
         let eps = cfg.rms_norm_eps;
         let null = 0u64;
         let launch_err = |name: &str, e| cuda_err(&format!("launching {name}"), e);
+        self.mark("start");
 
-        let emb = dptr(&self.embedding, &st);
+        let emb = dptr(&self.embedding, st);
         {
             let mut l = st.launch_builder(&k.embed);
             l.arg(&m_tokens).arg(&emb).arg(&x).arg(&h32);
             // SAFETY: token ids were validated against the vocabulary; x holds t×h.
-            unsafe { l.launch(rows_cfg(t, 256, 0)) }.map_err(|e| launch_err("embed", e))?;
+            unsafe { l.launch(cols_cfg(t, h, 256)) }.map_err(|e| launch_err("embed", e))?;
         }
+        self.mark("embed");
         let layer_stride = (self.num_pages * self.page_size * kvd) as u64;
-        let kc0 = dptr(&self.kc, &st);
-        let vc0 = dptr(&self.vc, &st);
-        let invf = dptr(&self.inv_freq, &st);
+        let kc0 = dptr(&self.kc, st);
+        let vc0 = dptr(&self.vc, st);
+        let invf = dptr(&self.inv_freq, st);
         let g = nh / nkv;
-        let att_smem = 4 * (g * hd + 128 * g + 56) + 8 * 128;
+        let att_smem = attention_smem(g, hd);
+        let nsplit = attention_splits(t, nkv);
         let scale = 1.0 / (hd as f32).sqrt();
         let (nh32, nkv32, hd32, ps32) = (nh as i32, nkv as i32, hd as i32, self.page_size as i32);
         let (inter32, zero) = (inter as i32, 0i32);
@@ -602,7 +821,7 @@ impl CudaBackend {
             // Residual add of the previous layer's down projection (none before layer 0)
             // fused with this layer's input norm.
             let (delta, dsplit) = if li == 0 { (null, 0i32) } else { (y, s32) };
-            let w = dptr(&layer.input_norm, &st);
+            let w = dptr(&layer.input_norm, st);
             {
                 let mut l = st.launch_builder(&k.residual_norm);
                 l.arg(&x)
@@ -613,12 +832,14 @@ impl CudaBackend {
                     .arg(&hb)
                     .arg(&null);
                 l.arg(&t32).arg(&h32).arg(&s32);
-                // SAFETY: buffers sized above for t rows.
-                unsafe { l.launch(rows_cfg(t, 256, 0)) }
+                // SAFETY: buffers sized for t rows by `run`.
+                unsafe { l.launch(rows_cfg(t, NORM_THREADS, 0)) }
                     .map_err(|e| launch_err("residual_norm", e))?;
             }
-            self.gemm(dptr(&layer.wqkv, &st), hb, y, s * t, wq, h)?;
-            let bias = layer.bqkv.as_ref().map_or(0, |bq| dptr(bq, &st));
+            self.mark("residual_norm");
+            self.gemm(dptr(&layer.wqkv, st), hb, y, s * t, wq, h)?;
+            self.mark("gemm qkv");
+            let bias = layer.bqkv.as_ref().map_or(0, |bq| dptr(bq, st));
             let kcl = kc0 + 2 * li as u64 * layer_stride;
             let vcl = vc0 + 2 * li as u64 * layer_stride;
             {
@@ -636,9 +857,10 @@ impl CudaBackend {
                     .arg(&m_row_slot);
                 l.arg(&nh32).arg(&nkv32).arg(&hd32).arg(&ps32);
                 // SAFETY: pages were validated against the pool; buffers sized for t rows.
-                unsafe { l.launch(rows_cfg(t, 128, 0)) }
+                unsafe { l.launch(cols_cfg(t, rope_items(nh, nkv, hd), 128)) }
                     .map_err(|e| launch_err("qkv_rope_store", e))?;
             }
+            self.mark("qkv_rope_store");
             {
                 let mut l = st.launch_builder(&k.attention);
                 l.arg(&q).arg(&kcl).arg(&vcl).arg(&m_pages).arg(&m_row_pt);
@@ -649,17 +871,39 @@ impl CudaBackend {
                     .arg(&s32)
                     .arg(&nh32)
                     .arg(&nkv32);
-                l.arg(&hd32).arg(&ps32).arg(&scale);
+                l.arg(&hd32).arg(&ps32).arg(&scale).arg(&p.apart);
                 let cfg = LaunchConfig {
-                    grid_dim: (t as u32, nkv as u32, 1),
+                    grid_dim: (t as u32, nkv as u32, nsplit as u32),
                     block_dim: (128, 1, 1),
                     shared_mem_bytes: att_smem as u32,
                 };
-                // SAFETY: shared memory sized as the kernel lays it out; shapes checked at init.
+                // SAFETY: shared memory sized as the kernel lays it out; shapes checked at init;
+                // `apart` holds t × nkv × nsplit partial records.
                 unsafe { l.launch(cfg) }.map_err(|e| launch_err("attention", e))?;
             }
-            self.gemm(dptr(&layer.wo, &st), hb, y, s * t, h, qd)?;
-            let w = dptr(&layer.post_norm, &st);
+            if nsplit > 1 {
+                let ns32 = nsplit as i32;
+                let mut l = st.launch_builder(&k.attention_combine);
+                l.arg(&p.apart)
+                    .arg(&hb)
+                    .arg(&t32)
+                    .arg(&s32)
+                    .arg(&nh32)
+                    .arg(&nkv32)
+                    .arg(&hd32);
+                l.arg(&ns32);
+                let cfg = LaunchConfig {
+                    grid_dim: (t as u32, nkv as u32, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: reads what `attention` wrote for the same shape.
+                unsafe { l.launch(cfg) }.map_err(|e| launch_err("attention_combine", e))?;
+            }
+            self.mark("attention");
+            self.gemm(dptr(&layer.wo, st), hb, y, s * t, h, qd)?;
+            self.mark("gemm o");
+            let w = dptr(&layer.post_norm, st);
             {
                 let mut l = st.launch_builder(&k.residual_norm);
                 l.arg(&x)
@@ -671,10 +915,12 @@ impl CudaBackend {
                     .arg(&null);
                 l.arg(&t32).arg(&h32).arg(&s32);
                 // SAFETY: as above.
-                unsafe { l.launch(rows_cfg(t, 256, 0)) }
+                unsafe { l.launch(rows_cfg(t, NORM_THREADS, 0)) }
                     .map_err(|e| launch_err("residual_norm", e))?;
             }
-            self.gemm(dptr(&layer.wgu, &st), hb, y, s * t, 2 * inter, h)?;
+            self.mark("residual_norm");
+            self.gemm(dptr(&layer.wgu, st), hb, y, s * t, 2 * inter, h)?;
+            self.mark("gemm gate_up");
             {
                 let mut l = st.launch_builder(&k.silu_mul);
                 l.arg(&y)
@@ -684,13 +930,16 @@ impl CudaBackend {
                     .arg(&inter32)
                     .arg(&s32);
                 // SAFETY: as above.
-                unsafe { l.launch(rows_cfg(t, 256, 0)) }.map_err(|e| launch_err("silu_mul", e))?;
+                unsafe { l.launch(cols_cfg(t, inter, 256)) }
+                    .map_err(|e| launch_err("silu_mul", e))?;
             }
-            self.gemm(dptr(&layer.wdown, &st), hb, y, s * t, h, inter)?;
+            self.mark("silu_mul");
+            self.gemm(dptr(&layer.wdown, st), hb, y, s * t, h, inter)?;
+            self.mark("gemm down");
         }
         // Last residual add for every row (its norm output is unused), then the final norm of
         // the output rows only, the LM head, and the sum of the split halves.
-        let fw = dptr(&self.final_norm, &st);
+        let fw = dptr(&self.final_norm, st);
         let (delta, dsplit) = if self.layers.is_empty() {
             (null, zero)
         } else {
@@ -707,10 +956,11 @@ impl CudaBackend {
                 .arg(&null);
             l.arg(&t32).arg(&h32).arg(&s32);
             // SAFETY: as above.
-            unsafe { l.launch(rows_cfg(t, 256, 0)) }.map_err(|e| launch_err("residual_norm", e))?;
+            unsafe { l.launch(rows_cfg(t, NORM_THREADS, 0)) }
+                .map_err(|e| launch_err("residual_norm", e))?;
         }
         if n_out == 0 {
-            return Ok(logits);
+            return Ok(());
         }
         let o32 = n_out as i32;
         {
@@ -724,12 +974,14 @@ impl CudaBackend {
                 .arg(&m_out_rows);
             l.arg(&o32).arg(&h32).arg(&s32);
             // SAFETY: output rows validated < t.
-            unsafe { l.launch(rows_cfg(n_out, 256, 0)) }
+            unsafe { l.launch(rows_cfg(n_out, NORM_THREADS, 0)) }
                 .map_err(|e| launch_err("residual_norm", e))?;
         }
-        let head = dptr(self.lm_head.as_ref().unwrap_or(&self.embedding), &st);
+        let head = dptr(self.lm_head.as_ref().unwrap_or(&self.embedding), st);
         let vocab = cfg.vocab_size;
+        self.mark("final norm");
         self.gemm(head, hout, lg, s * n_out, vocab, h)?;
+        self.mark("gemm lm_head");
         {
             let v32 = vocab as i32;
             let mut l = st.launch_builder(&k.combine_rows);
@@ -742,7 +994,8 @@ impl CudaBackend {
             // SAFETY: lg holds s×n_out×vocab, logits n_out×vocab.
             unsafe { l.launch(cfg) }.map_err(|e| launch_err("combine_rows", e))?;
         }
-        Ok(logits)
+        self.mark("combine_rows");
+        Ok(())
     }
 
     /// Copies `n` f32 from device address `src` to the host.
@@ -757,7 +1010,71 @@ impl CudaBackend {
         self.stream
             .synchronize()
             .map_err(|e| cuda_err("forward pass", e))?;
+        self.collect_profile();
         Ok(out)
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if !self.prof.on {
+            return;
+        }
+        let totals = self.prof.totals.borrow();
+        let sum: f64 = totals.values().map(|v| v.0).sum();
+        let mut rows: Vec<_> = totals.iter().collect();
+        rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+        eprintln!(
+            "cuda profile: {:.3} ms GPU time over {} forward passes",
+            sum,
+            self.prof.steps.get()
+        );
+        for (name, (ms, n)) in rows {
+            eprintln!(
+                "  {name:<16} {ms:>9.3} ms {:>5.1}%  {n} launches, {:.1} us each",
+                100.0 * ms / sum.max(1e-9),
+                1e3 * ms / *n as f64
+            );
+        }
+    }
+}
+
+/// Key splits of `attention` for a batch of `rows` rows (flash-decoding): enough blocks to
+/// cover the GPU twice when rows × KV heads alone would not. A function of the shape only, so
+/// a captured graph stays valid as contexts grow.
+pub(crate) fn attention_splits(rows: usize, kv_heads: usize) -> usize {
+    let blocks = rows * kv_heads;
+    if blocks >= 132 {
+        1
+    } else {
+        (264 / blocks.max(1)).clamp(1, 32)
+    }
+}
+
+/// Dynamic shared memory of the `attention` kernel (its layout, in kernels.cu).
+pub(crate) fn attention_smem(group: usize, hd: usize) -> usize {
+    let gw = group * hd;
+    4 * (gw + 128 * group + 56) + 8 * 128 + 4 * 4 * gw
+}
+
+/// Threads of a `residual_norm` block (one block per row: the whole row is reduced).
+pub(crate) const NORM_THREADS: u32 = 1024;
+
+/// Work items of `qkv_rope_store` per row: rotated q/k pairs plus v elements.
+pub(crate) fn rope_items(nh: usize, nkv: usize, hd: usize) -> usize {
+    (nh + nkv) * hd / 2 + nkv * hd
+}
+
+/// One thread per element of `cols` columns, for each of `rows` rows.
+pub(crate) fn cols_cfg(rows: usize, cols: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            cols.div_ceil(threads as usize).max(1) as u32,
+            rows.max(1) as u32,
+            1,
+        ),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
     }
 }
 

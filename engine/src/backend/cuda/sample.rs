@@ -162,6 +162,7 @@ pub(super) fn run(
         // SAFETY: parameter arrays hold n entries; result offsets fit `res_len`.
         unsafe { l.launch(cfg) }.map_err(|e| cuda_err("launching sample_slots", e))?;
     }
+    be.mark("sample_slots");
     let out = be.download(res, res_len)?;
     let mut results = Vec::with_capacity(n);
     for (i, s) in slots.iter().enumerate() {
