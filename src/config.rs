@@ -52,6 +52,9 @@ pub struct EngineConfig {
     pub exhausted_wait_ms: u64,
     /// Most tokens in one batch (long prefills are cut into chunks of this size).
     pub max_batch_tokens: usize,
+    /// Where forward passes run: "cpu", "cuda" (= "cuda:0"), "cuda:N", or "auto" (the first
+    /// GPU when CUDA and a GPU are usable, else the CPU, with a log line saying why).
+    pub device: String,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             page_size: 32,
             exhausted_wait_ms: 0,
             max_batch_tokens: 512,
+            device: "cpu".into(),
         }
     }
 }
@@ -239,6 +243,10 @@ impl Config {
                 "must be between 1 and 1024".into(),
             ));
         }
+        self.engine
+            .device
+            .parse::<engine::Device>()
+            .map_err(|e| err("engine", "device", e))?;
         if self.engine.kv_memory_mib == 0 {
             return Err(err("engine", "kv_memory_mib", "must be at least 1".into()));
         }
@@ -379,6 +387,18 @@ mod tests {
         let e = Config::parse(text).unwrap_err().to_string();
         assert!(e.contains("line 4"), "{e}");
         assert!(e.contains("memory_mib"), "{e}");
+    }
+
+    #[test]
+    fn engine_device_is_validated() {
+        for ok in ["cpu", "cuda", "cuda:1", "auto"] {
+            let c = Config::parse(&format!("[engine]\ndevice = \"{ok}\"\n")).unwrap();
+            assert_eq!(c.engine.device, ok);
+        }
+        let e = Config::parse("[engine]\ndevice = \"tpu\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("device") && e.contains("cuda:N"), "{e}");
     }
 
     #[test]

@@ -103,6 +103,8 @@ fn engine_options(config: &Config) -> EngineOptions {
             ms => OnExhausted::Wait(Duration::from_millis(ms)),
         },
         max_batch_tokens: e.max_batch_tokens,
+        // Validated with the config.
+        device: e.device.parse().unwrap_or_default(),
         ..EngineOptions::default()
     }
 }

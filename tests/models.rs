@@ -94,8 +94,17 @@ fn configured_models_load_into_engines_and_missing_ones_are_reported() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pied = Pied::start_in(
         dir.path(),
-        "[engine]\nkv_memory_mib = 64\npage_size = 16\n[[model]]\nname = \"smol\"\ndefault = true\n[[model]]\nname = \"absent\"\n",
+        "[engine]\ndevice = \"auto\"\nkv_memory_mib = 64\npage_size = 16\n[[model]]\nname = \"smol\"\ndefault = true\n[[model]]\nname = \"absent\"\n",
     );
+    // `device = "auto"` without a usable GPU (CI): the CPU, and the log says why.
+    let gpu = engine::cuda_device_count() > 0;
+    if !gpu {
+        let log = std::fs::read_to_string(pied.dir.join("pied.log")).unwrap();
+        assert!(
+            log.contains("device auto:") && log.contains("using the CPU"),
+            "{log}"
+        );
+    }
     let s: serde_json::Value =
         serde_json::from_slice(&pied.ctl(&["status", "--json"]).stdout).unwrap();
     let models = s["models"].as_array().unwrap();
@@ -114,10 +123,12 @@ fn configured_models_load_into_engines_and_missing_ones_are_reported() {
     assert!(smol["error"].is_null(), "{smol}");
     assert_eq!(smol["default"], true);
     assert_eq!(smol["page_size"], 16);
-    // 64 MiB of KV at 30 layers x 3 kv heads x 64 dims x 2 (k,v) x 4 bytes x 16 tokens.
+    // 64 MiB of KV at 30 layers x 3 kv heads x 64 dims x 2 (k,v) x 16 tokens x 4 bytes (f32
+    // on the CPU; bf16 on a GPU).
+    let elem = if gpu { 2 } else { 4 };
     assert_eq!(
         smol["kv_pages_total"],
-        (64u64 << 20) / (30 * 192 * 2 * 4 * 16)
+        (64u64 << 20) / (30 * 192 * 2 * elem * 16)
     );
     // The daemon still runs WASI programs.
     assert!(
