@@ -50,8 +50,11 @@ pub struct CtxState {
     pub committed: usize,
     /// Pages reserved ahead and holding no tokens yet.
     pub reserved: Vec<PageId>,
-    /// Tokens and positions of a suspended context, recomputed by its next forward pass.
-    pub suspended: Option<(Vec<u32>, Vec<u32>)>,
+    /// Tokens (and positions) of the context that follow `kv`'s but have no K/V: all of them
+    /// after `suspend`, the last one while it is fed again (a pass with no inputs samples
+    /// after it). The next forward pass computes them first.
+    pub pending: Vec<u32>,
+    pub pending_positions: Vec<u32>,
     /// Positions of every token in `kv` (the engine keeps them privately).
     pub positions: Vec<u32>,
     /// A forward pass on this context has not completed yet.
@@ -66,7 +69,8 @@ impl CtxState {
             kv: Some(kv),
             committed: 0,
             reserved: Vec::new(),
-            suspended: None,
+            pending: Vec::new(),
+            pending_positions: Vec::new(),
             positions: Vec::new(),
             inflight: false,
             bid: 0.0,
@@ -84,13 +88,9 @@ impl CtxState {
             .ok_or_else(|| "the context was destroyed".to_string())
     }
 
-    /// Tokens in the context (suspended ones included).
+    /// Tokens in the context (pending ones included).
     pub fn len(&self) -> usize {
-        match (&self.suspended, &self.kv) {
-            (Some((t, _)), _) => t.len(),
-            (None, Some(kv)) => kv.len(),
-            (None, None) => 0,
-        }
+        self.kv.as_ref().map_or(0, |kv| kv.len()) + self.pending.len()
     }
 
     pub fn working_tokens(&self) -> usize {
@@ -99,11 +99,12 @@ impl CtxState {
 
     /// Pages holding tokens past the committed ones, plus reserved pages.
     pub fn working_pages(&self) -> usize {
-        let held = if self.suspended.is_some() {
-            self.len().div_ceil(self.page_size())
-        } else {
-            self.kv.as_ref().map_or(0, |kv| kv.pages().len())
-        };
+        // Pending tokens count as held: the next pass gets their pages back.
+        let held = self
+            .kv
+            .as_ref()
+            .map_or(0, |kv| kv.pages().len())
+            .max(self.len().div_ceil(self.page_size()));
         held.saturating_sub(self.committed) + self.reserved.len()
     }
 
@@ -127,7 +128,8 @@ impl CtxState {
             kv: Some(self.kv()?.fork()),
             committed: self.committed,
             reserved,
-            suspended: self.suspended.clone(),
+            pending: self.pending.clone(),
+            pending_positions: self.pending_positions.clone(),
             positions: self.positions.clone(),
             inflight: false,
             bid: self.bid,
@@ -153,7 +155,8 @@ impl CtxState {
     /// Releases everything (destroy).
     fn destroy(&mut self) {
         self.kv = None;
-        self.suspended = None;
+        self.pending.clear();
+        self.pending_positions.clear();
         let r = std::mem::take(&mut self.reserved);
         self.pool.release(&r);
     }
@@ -456,7 +459,7 @@ impl HostContext for PieView<'_> {
         let pages: Vec<PageId> = s.reserved.drain(at..).collect();
         s.pool.release(&pages);
         n -= k;
-        if n > 0 && s.suspended.is_none() {
+        if n > 0 && s.pending.is_empty() {
             let ps = s.page_size();
             let committed = s.committed;
             if let Some(kv) = s.kv.as_mut() {
@@ -487,11 +490,12 @@ impl HostContext for PieView<'_> {
             return Ok(());
         }
         let n = (num_tokens as usize).min(s.working_tokens());
-        let keep = s.len() - n;
-        if let Some((t, p)) = s.suspended.as_mut() {
-            t.truncate(keep);
-            p.truncate(keep);
-        } else if let Some(kv) = s.kv.as_mut() {
+        let from_pending = n.min(s.pending.len());
+        let keep = s.pending.len() - from_pending;
+        s.pending.truncate(keep);
+        s.pending_positions.truncate(keep);
+        let keep = s.kv.as_ref().map_or(0, |kv| kv.len()) - (n - from_pending);
+        if let Some(kv) = s.kv.as_mut() {
             kv.truncate(keep);
         }
         s.positions.truncate(keep);
@@ -504,18 +508,18 @@ impl HostContext for PieView<'_> {
         if let Err(e) = s.check_idle() {
             return Ok(Err(e));
         }
-        if s.suspended.is_some() {
-            return Ok(Ok(()));
-        }
-        let tokens = match s.kv() {
+        let mut tokens = match s.kv() {
             Ok(kv) => kv.tokens().to_vec(),
             Err(e) => return Ok(Err(e)),
         };
-        let positions = s.positions.clone();
+        let mut positions = std::mem::take(&mut s.positions);
+        tokens.append(&mut s.pending);
+        positions.append(&mut s.pending_positions);
         let r = std::mem::take(&mut s.reserved);
         s.pool.release(&r);
         s.kv = Some(model.engine.new_context());
-        s.suspended = Some((tokens, positions));
+        s.pending = tokens;
+        s.pending_positions = positions;
         Ok(Ok(()))
     }
 

@@ -73,6 +73,8 @@ enum SlotPlan {
 /// What completes a pass: recording its tokens in the context.
 struct Finish {
     state: Arc<Mutex<CtxState>>,
+    /// Leading tokens that were the context's pending tail (restored if the pass fails).
+    pending: usize,
     tokens: Vec<u32>,
     positions: Vec<u32>,
     plan: Vec<SlotPlan>,
@@ -96,6 +98,8 @@ impl Finish {
         let out = match result {
             Ok(o) => o,
             Err(e) => {
+                s.pending = self.tokens[..self.pending].to_vec();
+                s.pending_positions = self.positions[..self.pending].to_vec();
                 drop(s);
                 self.log.append(proto::EventKind::Stderr(
                     format!("forward pass failed: {e}\n").into_bytes(),
@@ -289,34 +293,35 @@ impl PieView<'_> {
             return Ok(Err("the context was destroyed".into()));
         }
 
-        // Tokens of this request: recomputed suspended ones, a re-fed last token, inputs, drafts.
-        let mut tokens = Vec::new();
-        let mut positions = Vec::new();
-        if let Some((t, pos)) = s.suspended.take() {
-            tokens = t;
-            positions = pos;
-        }
-        let mut prefix = tokens.len();
-        let n_in = p.tokens.len();
-        if n_in == 0 && !p.samplers.is_empty() {
-            // Sample after the last token: feed it again (same token, same position).
-            if prefix > 0 {
-                // The last recomputed token is the one to sample after.
-                prefix -= 1;
-            } else {
-                let kv = s.kv.as_mut().expect("checked");
-                if kv.is_empty() {
-                    return Ok(Err("nothing to sample from: the pass has no input tokens and the context is empty".into()));
-                }
-                let last = *kv.tokens().last().expect("non-empty");
-                let pos = kv.next_position() - 1;
-                let keep = kv.len() - 1;
-                kv.truncate(keep);
-                s.positions.truncate(keep);
-                tokens.push(last);
-                positions.push(pos);
+        // A pass with no inputs samples after the context's last token: that token moves to
+        // the pending tail (fed again at its own position, same K/V). The state stays valid
+        // whatever fails below: pending tokens are only consumed by a submitted pass.
+        if p.tokens.is_empty() && !p.samplers.is_empty() && s.pending.is_empty() {
+            let kv = s.kv.as_mut().expect("checked");
+            if kv.is_empty() {
+                return Ok(Err(
+                    "nothing to sample from: the pass has no input tokens and the context is empty"
+                        .into(),
+                ));
             }
+            let last = *kv.tokens().last().expect("non-empty");
+            let pos = kv.next_position() - 1;
+            let keep = kv.len() - 1;
+            kv.truncate(keep);
+            s.positions.truncate(keep);
+            s.pending.push(last);
+            s.pending_positions.push(pos);
         }
+        // Tokens of this request: the pending tail, the inputs, the drafts. Sampler indices
+        // count from the first input, or from the last pending token when there is no input.
+        let n_pending = s.pending.len();
+        let mut tokens = s.pending.clone();
+        let mut positions = s.pending_positions.clone();
+        let prefix = if p.tokens.is_empty() && !p.samplers.is_empty() {
+            tokens.len() - 1
+        } else {
+            tokens.len()
+        };
         tokens.extend_from_slice(&p.tokens);
         positions.extend_from_slice(&p.positions);
         let n_main = tokens.len() - prefix;
@@ -417,11 +422,14 @@ impl PieView<'_> {
             Err(e) => return Ok(Err(format!("invalid forward pass: {e}"))),
         };
         s.inflight = true;
+        s.pending.clear();
+        s.pending_positions.clear();
         drop(s);
         Ok(Ok(FutureOutput {
             completion: Some(completion),
             finish: Some(Finish {
                 state,
+                pending: n_pending,
                 tokens,
                 positions,
                 plan,
