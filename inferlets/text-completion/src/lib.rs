@@ -2,6 +2,8 @@
 //! continuation is generated greedily (or sampled with `temperature`/`top_p`).
 //!
 //! `pie-ctl launch text-completion.wasm -- --prompt "Once upon a time" --max-tokens 32`
+//!
+//! `--json` prints `{text, token_ids, first_token_unix_us, end_unix_us}`.
 
 use inferlet::model::Model;
 use inferlet::sample::Sampler;
@@ -47,15 +49,34 @@ async fn main(input: Input) -> Result<String> {
     };
     let mut ctx = Context::new(&model)?;
     ctx.append(&prompt_ids);
-    let ids = ctx
+    let mut generator = ctx
         .generate(sampler)
-        .max_tokens(input.max_tokens.unwrap_or(32))
-        .collect_tokens()
-        .await?;
+        .max_tokens(input.max_tokens.unwrap_or(32));
+    let mut ids = Vec::new();
+    // Wall-clock times (µs since the epoch) of the first token and of the end: the decode
+    // window, for benchmarks that aggregate several processes.
+    let mut first_token_us = None;
+    while let Some(step) = generator.next()? {
+        ids.extend(step.execute().await?.tokens);
+        first_token_us.get_or_insert_with(unix_us);
+    }
+    let end_us = unix_us();
     let text = tokenizer.decode(&ids)?;
     if input.json {
-        Ok(serde_json::json!({ "text": text, "token_ids": ids }).to_string())
+        Ok(serde_json::json!({
+            "text": text,
+            "token_ids": ids,
+            "first_token_unix_us": first_token_us,
+            "end_unix_us": end_us,
+        })
+        .to_string())
     } else {
         Ok(text)
     }
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
