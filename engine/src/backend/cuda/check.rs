@@ -679,7 +679,7 @@ fn check_sampling(b: &mut Bench) -> Result<Vec<Check>> {
         logits[vocab / 2] = m;
         logits[vocab - 1] = m;
         let mask = Brle::from_bools(&(0..vocab).map(|i| i % 5 != 1).collect::<Vec<_>>());
-        let samplers = vec![
+        let samplers = [
             Sampler::Greedy,
             Sampler::TopKDistribution {
                 k: 20,

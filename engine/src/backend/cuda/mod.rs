@@ -337,7 +337,7 @@ impl CudaBackend {
         let alloc16 = |n: usize| {
             stream
                 .alloc_zeros::<u16>(n)
-                .map_err(|e| cuda_err(&format!("allocating {} MiB", n * 2 >> 20), e))
+                .map_err(|e| cuda_err(&format!("allocating {} MiB", (n * 2) >> 20), e))
         };
         let kc = alloc16(kv_elems)?;
         let vc = alloc16(kv_elems)?;
