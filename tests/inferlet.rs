@@ -402,3 +402,40 @@ fn every_core_interface_answers_for_real() {
             .contains("no MCP transport")
     );
 }
+
+#[test]
+fn killing_a_generating_inferlet_frees_its_pages() {
+    let pied = pied_with_model("");
+    let tc = inferlet("text-completion");
+    let id = pied.launch_detached(&[
+        path_str(&tc),
+        "--",
+        "--prompt",
+        "Once upon a time",
+        "--max-tokens",
+        "100000",
+    ]);
+    // Wait until it holds pages, then kill it mid-generation.
+    let start = std::time::Instant::now();
+    while pied_stats(&pied)["kv_pages_in_use"].as_u64().unwrap() == 0 {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the inferlet never took pages"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(pied.ctl(&["kill", &id.to_string()]).status.success());
+    let end = pied.wait_exit(id);
+    assert!(end["state"]["Exited"]["Killed"].is_string(), "{end}");
+    let start = std::time::Instant::now();
+    while pied_stats(&pied)["kv_pages_in_use"].as_u64().unwrap() != 0 {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "pages still in use after the kill: {}",
+            pied_stats(&pied)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The daemon keeps serving.
+    assert_eq!(completion(&pied, &golden("fox").0, 4), golden("fox").1[..4]);
+}
