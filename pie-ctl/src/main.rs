@@ -150,7 +150,10 @@ struct LaunchArgs {
     files: Option<PathBuf>,
     /// The program: a .wasm path, an installed name, or a sha256 prefix
     program: String,
-    /// Arguments passed to the program (after --)
+    /// Arguments passed to the program (after --). An inferlet gets them as its JSON input, as
+    /// Pie's `pie run` makes it: `--max-tokens 32` → `"max_tokens": 32` (numbers and booleans
+    /// typed, a bare flag is true, other words under `_positional`); `--input JSON` alone
+    /// passes JSON verbatim
     #[arg(last = true)]
     args: Vec<String>,
 }
