@@ -47,6 +47,11 @@ use super::pie::core::inference::{
 use super::{PieView, stale};
 use crate::events::EventLog;
 
+/// Most tokens (inputs + drafts) one forward pass may carry.
+pub const MAX_PASS_TOKENS: usize = 1 << 16;
+/// Most output slots one forward pass may ask for.
+pub const MAX_PASS_SLOTS: usize = 1 << 14;
+
 pub struct ForwardPass {
     model: Model,
     context: Option<Arc<Mutex<CtxState>>>,
@@ -57,6 +62,8 @@ pub struct ForwardPass {
     attention_mask: Option<Vec<Vec<u32>>>,
     logit_mask: Option<Vec<u32>>,
     samplers: Vec<(Vec<u32>, Sampler)>,
+    /// Output slots asked for so far (one per sampler index).
+    slots: usize,
     adapter: bool,
     /// A problem found while building the pass, reported by `execute`.
     error: Option<String>,
@@ -455,6 +462,7 @@ impl HostForwardPass for PieView<'_> {
             attention_mask: None,
             logit_mask: None,
             samplers: Vec::new(),
+            slots: 0,
             adapter: false,
             error: None,
         })?)
@@ -492,6 +500,12 @@ impl HostForwardPass for PieView<'_> {
                 positions.len()
             ));
         }
+        if p.tokens.len() + p.spec_tokens.len() + tokens.len() > MAX_PASS_TOKENS {
+            p.error = Some(format!(
+                "a forward pass takes at most {MAX_PASS_TOKENS} tokens"
+            ));
+            return Ok(());
+        }
         p.tokens.extend(tokens);
         p.positions.extend(positions);
         Ok(())
@@ -510,6 +524,12 @@ impl HostForwardPass for PieView<'_> {
                 tokens.len(),
                 positions.len()
             ));
+        }
+        if p.tokens.len() + p.spec_tokens.len() + tokens.len() > MAX_PASS_TOKENS {
+            p.error = Some(format!(
+                "a forward pass takes at most {MAX_PASS_TOKENS} tokens"
+            ));
+            return Ok(());
         }
         p.spec_tokens.extend(tokens);
         p.spec_positions.extend(positions);
@@ -546,7 +566,15 @@ impl HostForwardPass for PieView<'_> {
         indices: Vec<u32>,
         sampler: Sampler,
     ) -> wasmtime::Result<()> {
-        self.pass(&this)?.samplers.push((indices, sampler));
+        let p = self.pass(&this)?;
+        if p.slots + indices.len() > MAX_PASS_SLOTS {
+            p.error = Some(format!(
+                "a forward pass has at most {MAX_PASS_SLOTS} output slots"
+            ));
+            return Ok(());
+        }
+        p.slots += indices.len();
+        p.samplers.push((indices, sampler));
         Ok(())
     }
 

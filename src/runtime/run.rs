@@ -113,7 +113,7 @@ impl Runtime {
                 let mut wasi = wasi;
                 let state = ComponentState {
                     wasi: wasi.build(),
-                    table: ResourceTable::new(),
+                    table: handle_table(),
                     limits: cap,
                     pie,
                 };
@@ -134,7 +134,7 @@ impl Runtime {
                 let mut wasi = wasi;
                 let state = ComponentState {
                     wasi: wasi.build(),
-                    table: ResourceTable::new(),
+                    table: handle_table(),
                     limits: cap,
                     pie,
                 };
@@ -206,6 +206,16 @@ impl Runtime {
             fuel_used: (limits.fuel > 0).then(|| fuel.saturating_sub(fuel_left.unwrap_or(0))),
         }
     }
+}
+
+/// Most resource handles a component may hold at once (streams, pollables, contexts, forward
+/// passes, …): host memory a guest could otherwise grow without bound. A push past it traps.
+const MAX_HANDLES: usize = 1 << 16;
+
+fn handle_table() -> ResourceTable {
+    let mut t = ResourceTable::new();
+    t.set_max_capacity(MAX_HANDLES);
+    t
 }
 
 fn wasi_builder(io: ProcessIo) -> anyhow::Result<WasiCtxBuilder> {
