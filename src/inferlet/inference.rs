@@ -277,8 +277,8 @@ impl PieView<'_> {
         let caller = self.ctx.process.id;
         let log = self.ctx.log.clone();
         let p = self.pass(this)?;
-        if let Some(e) = p.error.take() {
-            return Ok(Err(e));
+        if let Some(e) = &p.error {
+            return Ok(Err(e.clone()));
         }
         if p.adapter {
             return Ok(Err(UNSUPPORTED.into()));
