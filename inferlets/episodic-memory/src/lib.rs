@@ -8,8 +8,8 @@
 use std::io::Write;
 
 use inferlet::model::Model;
-use inferlet::sample::Sampler;
 use inferlet::pie::core::session;
+use inferlet::sample::Sampler;
 use inferlet::{Context, FutureBlobExt, Result, chat, runtime};
 use serde::Deserialize;
 
