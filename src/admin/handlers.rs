@@ -301,8 +301,9 @@ async fn start_stream(
         (false, None) => 0,
     };
     // Followers get what the inferlet sends its user: the buffered backlog first (also
-    // after the process ended), then live items.
-    let session = (attach || (follow && process.is_running())).then(|| process.session.follow());
+    // after the process ended: a foreground launch of a quick inferlet may start following
+    // only after its end), then live items.
+    let session = (attach || follow).then(|| process.session.follow());
     let replies = replies.clone();
     tokio::spawn(async move {
         let _ = stream_events(&process, from, follow, session, request, &replies, closed).await;

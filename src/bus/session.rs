@@ -221,11 +221,15 @@ impl Session {
         }
         backlog.extend(out.buffered.drain(..));
         out.bytes = 0;
-        out.followers.push(Follower {
-            tx,
-            lagged_items: 0,
-            lagged_bytes: 0,
-        });
+        // An ended session gets no more items: the follower takes the backlog only (its
+        // receiver sees the channel closed), and the ended session keeps no follower list.
+        if !self.closed.load(Ordering::SeqCst) {
+            out.followers.push(Follower {
+                tx,
+                lagged_items: 0,
+                lagged_bytes: 0,
+            });
+        }
         Following { backlog, rx }
     }
 
