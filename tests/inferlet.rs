@@ -439,3 +439,80 @@ fn killing_a_generating_inferlet_frees_its_pages() {
     // The daemon keeps serving.
     assert_eq!(completion(&pied, &golden("fox").0, 4), golden("fox").1[..4]);
 }
+
+/// Checks `v` against the small schema below by hand (types, required keys, enum, bounds,
+/// no other keys).
+fn matches_city_schema(v: &Value) -> Result<(), String> {
+    let o = v.as_object().ok_or("not an object")?;
+    for k in o.keys() {
+        if !["city", "country", "population", "coastal", "kind"].contains(&k.as_str()) {
+            return Err(format!("undeclared key {k}"));
+        }
+    }
+    for k in ["city", "country", "population", "coastal", "kind"] {
+        if !o.contains_key(k) {
+            return Err(format!("missing required key {k}"));
+        }
+    }
+    if !o["city"].is_string() || !o["country"].is_string() {
+        return Err("city/country not strings".into());
+    }
+    let pop = o["population"]
+        .as_i64()
+        .ok_or("population not an integer")?;
+    if !(0..=100_000_000).contains(&pop) {
+        return Err(format!("population {pop} out of bounds"));
+    }
+    if !o["coastal"].is_boolean() {
+        return Err("coastal not a boolean".into());
+    }
+    if !["capital", "port", "other"].contains(&o["kind"].as_str().unwrap_or("")) {
+        return Err(format!("kind {} not in the enum", o["kind"]));
+    }
+    Ok(())
+}
+
+#[test]
+fn json_schema_output_parses_and_matches_its_schema() {
+    let pied = pied_with_model("");
+    let js = inferlet("json-schema");
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "country": {"type": "string", "maxLength": 40},
+            "population": {"type": "integer", "minimum": 0, "maximum": 100000000},
+            "coastal": {"type": "boolean"},
+            "kind": {"enum": ["capital", "port", "other"]}
+        },
+        "required": ["city", "country", "population", "coastal", "kind"],
+        "additionalProperties": false
+    });
+    for prompt in ["Paris", "Describe the city of Lyon"] {
+        let (ok, out, err) = run(
+            &pied,
+            &[
+                "launch",
+                path_str(&js),
+                "--",
+                "--schema",
+                &schema.to_string(),
+                "--prompt",
+                prompt,
+                "--max-tokens",
+                "160",
+            ],
+        );
+        assert!(ok, "{prompt}: {err}\n{out}");
+        let v: Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{prompt}: output is not JSON ({e}): {out:?}"));
+        matches_city_schema(&v).unwrap_or_else(|e| panic!("{prompt}: {e}: {v}"));
+    }
+    // A schema that is not JSON is refused with a clear error, and the daemon keeps serving.
+    let (ok, _, err) = run(
+        &pied,
+        &["launch", path_str(&js), "--", "--schema", "{not json"],
+    );
+    assert!(!ok && err.contains("schema"), "{err}");
+    assert!(pied.ctl(&["status"]).status.success());
+}
