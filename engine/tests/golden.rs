@@ -4,51 +4,8 @@
 
 mod common;
 
-use common::{Case, golden_cases, model_dir};
-use engine::{Engine, EngineOptions, ForwardRequest, KvContext, Message, SampleOutput, Sampler};
-
-/// Runs all cases in lockstep: every prefill submitted before waiting, then every decode step.
-/// Returns, per case, the greedy ids and the last-prompt-position logits.
-fn run_lockstep(engine: &Engine, cases: &[Case]) -> Vec<(Vec<u32>, Vec<f32>)> {
-    let mut ctxs: Vec<KvContext> = cases.iter().map(|_| engine.new_context()).collect();
-    let mut pending: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt_ids.clone()).collect();
-    let mut out: Vec<(Vec<u32>, Vec<f32>)> =
-        cases.iter().map(|_| (Vec::new(), Vec::new())).collect();
-    for step in 0..32 {
-        let mut reqs = Vec::new();
-        let mut meta = Vec::new();
-        for (i, c) in cases.iter().enumerate() {
-            if step >= c.greedy_ids.len() {
-                continue;
-            }
-            let toks = pending[i].clone();
-            let plan = ctxs[i].plan(toks.len()).unwrap();
-            let mut req =
-                ForwardRequest::new(i as u64, toks.clone(), ctxs[i].next_position(), plan)
-                    .output(toks.len() - 1, Sampler::Greedy);
-            if step == 0 {
-                req = req.output(toks.len() - 1, Sampler::RawLogits);
-            }
-            meta.push((i, toks, req.positions.clone()));
-            reqs.push(req);
-        }
-        // One submission: the scheduler batches the prompts together.
-        let waits = engine.submit_all(reqs).unwrap().into_iter().zip(meta);
-        for (c, (i, toks, pos)) in waits {
-            let r = c.wait().unwrap();
-            ctxs[i].commit(&toks, &pos);
-            let SampleOutput::Token(t) = r.outputs[0] else {
-                panic!("not a token")
-            };
-            if let Some(SampleOutput::Logits(l)) = r.outputs.get(1) {
-                out[i].1 = l.clone();
-            }
-            out[i].0.push(t);
-            pending[i] = vec![t];
-        }
-    }
-    out
-}
+use common::{Case, golden_cases, model_dir, run_lockstep};
+use engine::{Engine, EngineOptions, Message};
 
 fn check(cases: &[Case], got: &[(Vec<u32>, Vec<f32>)], what: &str) {
     for (c, (ids, logits)) in cases.iter().zip(got) {

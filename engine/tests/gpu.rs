@@ -9,7 +9,7 @@
 mod common;
 
 use common::tiny::{TinySpec, reference_logits, write_model};
-use common::{golden_cases, model_dir};
+use common::{golden_cases, model_dir, run_lockstep};
 use engine::backend::cuda::check::run_kernel_checks;
 use engine::{
     Device, Engine, EngineOptions, ForwardRequest, KvContext, SampleOutput, Sampler,
@@ -212,46 +212,6 @@ fn attention_mask_matches_reference() {
     }
 }
 
-/// Runs the golden prompts as one batch (prefills together, then decode steps in lockstep).
-fn golden_lockstep(e: &Engine) -> Vec<(Vec<u32>, Vec<f32>)> {
-    let cases = golden_cases();
-    let mut ctxs: Vec<KvContext> = cases.iter().map(|_| e.new_context()).collect();
-    let mut pending: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt_ids.clone()).collect();
-    let mut out: Vec<(Vec<u32>, Vec<f32>)> = cases.iter().map(|_| (vec![], vec![])).collect();
-    for step in 0..32 {
-        let mut reqs = Vec::new();
-        let mut meta = Vec::new();
-        for (i, c) in cases.iter().enumerate() {
-            if step >= c.greedy_ids.len() {
-                continue;
-            }
-            let toks = pending[i].clone();
-            let plan = ctxs[i].plan(toks.len()).unwrap();
-            let mut req =
-                ForwardRequest::new(i as u64, toks.clone(), ctxs[i].next_position(), plan)
-                    .output(toks.len() - 1, Sampler::Greedy);
-            if step == 0 {
-                req = req.output(toks.len() - 1, Sampler::RawLogits);
-            }
-            meta.push((i, toks, req.positions.clone()));
-            reqs.push(req);
-        }
-        for (c, (i, toks, pos)) in e.submit_all(reqs).unwrap().into_iter().zip(meta) {
-            let r = c.wait().unwrap();
-            ctxs[i].commit(&toks, &pos);
-            let SampleOutput::Token(t) = r.outputs[0] else {
-                panic!("not a token")
-            };
-            if let Some(SampleOutput::Logits(l)) = r.outputs.get(1) {
-                out[i].1 = l.clone();
-            }
-            out[i].0.push(t);
-            pending[i] = vec![t];
-        }
-    }
-    out
-}
-
 #[test]
 fn smollm2_golden_greedy_ids() {
     if !gpu() {
@@ -259,7 +219,7 @@ fn smollm2_golden_greedy_ids() {
     }
     let e = Engine::load(&model_dir(), &cuda_opts(0, 32)).unwrap();
     eprintln!("backend {}", e.backend_name());
-    let got = golden_lockstep(&e);
+    let got = run_lockstep(&e, &golden_cases());
     let mut worst = 0f32;
     for (c, (ids, logits)) in golden_cases().iter().zip(&got) {
         for (&id, &want) in c.top5_ids.iter().zip(&c.top5_logits) {

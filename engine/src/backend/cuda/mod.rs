@@ -764,6 +764,38 @@ impl CudaBackend {
         self.prof.steps.set(self.prof.steps.get() + 1);
     }
 
+    /// Enqueues `residual_norm` (kernels.cu) over `rows` output rows: `x[src] += delta` when
+    /// `delta` is non-null (its split halves when `dsplit == 2`), then `out[o] = rmsnorm(x[src])
+    /// · w` as split bf16; `src` is `gather[o]`, or `o` when `gather` is null.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_norm(
+        &self,
+        x: u64,
+        delta: u64,
+        dsplit: i32,
+        w: u64,
+        out: u64,
+        gather: u64,
+        rows: usize,
+    ) -> Result<()> {
+        let eps = self.cfg.rms_norm_eps;
+        let (r32, h32, s32) = (rows as i32, self.cfg.hidden_size as i32, self.split as i32);
+        let mut l = self.stream.launch_builder(&self.k.residual_norm);
+        l.arg(&x)
+            .arg(&delta)
+            .arg(&dsplit)
+            .arg(&w)
+            .arg(&eps)
+            .arg(&out)
+            .arg(&gather);
+        l.arg(&r32).arg(&h32).arg(&s32);
+        // SAFETY: callers size x, delta and out for `rows` rows of the batch; gathered rows
+        // were validated against the batch.
+        unsafe { l.launch(rows_cfg(rows, NORM_THREADS, 0)) }
+            .map_err(|e| cuda_err("launching residual_norm", e))?;
+        Ok(())
+    }
+
     /// Enqueues the forward pass's launches (embedding through the LM head) on the stream.
     fn encode(&self, t: usize, n_out: usize, mo: &Meta, p: &Ptrs) -> Result<()> {
         let cfg = &self.cfg;
@@ -794,7 +826,6 @@ impl CudaBackend {
         let (m_out_rows, m_pages, m_mask_bits) = (mp(mo.out_rows), mp(mo.pages), p.mask);
         let k = &self.k;
         let (t32, h32, s32) = (t as i32, h as i32, s as i32);
-        let eps = cfg.rms_norm_eps;
         let null = 0u64;
         let launch_err = |name: &str, e| cuda_err(&format!("launching {name}"), e);
         self.mark("start");
@@ -822,20 +853,7 @@ impl CudaBackend {
             // fused with this layer's input norm.
             let (delta, dsplit) = if li == 0 { (null, 0i32) } else { (y, s32) };
             let w = dptr(&layer.input_norm, st);
-            {
-                let mut l = st.launch_builder(&k.residual_norm);
-                l.arg(&x)
-                    .arg(&delta)
-                    .arg(&dsplit)
-                    .arg(&w)
-                    .arg(&eps)
-                    .arg(&hb)
-                    .arg(&null);
-                l.arg(&t32).arg(&h32).arg(&s32);
-                // SAFETY: buffers sized for t rows by `run`.
-                unsafe { l.launch(rows_cfg(t, NORM_THREADS, 0)) }
-                    .map_err(|e| launch_err("residual_norm", e))?;
-            }
+            self.residual_norm(x, delta, dsplit, w, hb, null, t)?;
             self.mark("residual_norm");
             self.gemm(dptr(&layer.wqkv, st), hb, y, s * t, wq, h)?;
             self.mark("gemm qkv");
@@ -904,20 +922,7 @@ impl CudaBackend {
             self.gemm(dptr(&layer.wo, st), hb, y, s * t, h, qd)?;
             self.mark("gemm o");
             let w = dptr(&layer.post_norm, st);
-            {
-                let mut l = st.launch_builder(&k.residual_norm);
-                l.arg(&x)
-                    .arg(&y)
-                    .arg(&s32)
-                    .arg(&w)
-                    .arg(&eps)
-                    .arg(&hb)
-                    .arg(&null);
-                l.arg(&t32).arg(&h32).arg(&s32);
-                // SAFETY: as above.
-                unsafe { l.launch(rows_cfg(t, NORM_THREADS, 0)) }
-                    .map_err(|e| launch_err("residual_norm", e))?;
-            }
+            self.residual_norm(x, y, s32, w, hb, null, t)?;
             self.mark("residual_norm");
             self.gemm(dptr(&layer.wgu, st), hb, y, s * t, 2 * inter, h)?;
             self.mark("gemm gate_up");
@@ -945,38 +950,12 @@ impl CudaBackend {
         } else {
             (y, s32)
         };
-        {
-            let mut l = st.launch_builder(&k.residual_norm);
-            l.arg(&x)
-                .arg(&delta)
-                .arg(&dsplit)
-                .arg(&fw)
-                .arg(&eps)
-                .arg(&hb)
-                .arg(&null);
-            l.arg(&t32).arg(&h32).arg(&s32);
-            // SAFETY: as above.
-            unsafe { l.launch(rows_cfg(t, NORM_THREADS, 0)) }
-                .map_err(|e| launch_err("residual_norm", e))?;
-        }
+        self.residual_norm(x, delta, dsplit, fw, hb, null, t)?;
         if n_out == 0 {
             return Ok(());
         }
         let o32 = n_out as i32;
-        {
-            let mut l = st.launch_builder(&k.residual_norm);
-            l.arg(&x)
-                .arg(&null)
-                .arg(&zero)
-                .arg(&fw)
-                .arg(&eps)
-                .arg(&hout)
-                .arg(&m_out_rows);
-            l.arg(&o32).arg(&h32).arg(&s32);
-            // SAFETY: output rows validated < t.
-            unsafe { l.launch(rows_cfg(n_out, NORM_THREADS, 0)) }
-                .map_err(|e| launch_err("residual_norm", e))?;
-        }
+        self.residual_norm(x, null, zero, fw, hout, m_out_rows, n_out)?;
         let head = dptr(self.lm_head.as_ref().unwrap_or(&self.embedding), st);
         let vocab = cfg.vocab_size;
         self.mark("final norm");
