@@ -69,6 +69,28 @@ pub struct ForwardPass {
     error: Option<String>,
 }
 
+impl ForwardPass {
+    /// Checks tokens about to be added by `call` (input-tokens or input-speculative-tokens):
+    /// a length mismatch with `positions` marks the pass failed (it fails at `execute`); more
+    /// than [`MAX_PASS_TOKENS`] in the pass marks it failed and refuses the tokens (false).
+    fn accepts_input(&mut self, call: &str, tokens: &[u32], positions: &[u32]) -> bool {
+        if tokens.len() != positions.len() {
+            self.error = Some(format!(
+                "{call}: {} tokens but {} positions",
+                tokens.len(),
+                positions.len()
+            ));
+        }
+        if self.tokens.len() + self.spec_tokens.len() + tokens.len() > MAX_PASS_TOKENS {
+            self.error = Some(format!(
+                "a forward pass takes at most {MAX_PASS_TOKENS} tokens"
+            ));
+            return false;
+        }
+        true
+    }
+}
+
 /// How the engine's output slots map back to the guest's.
 enum SlotPlan {
     /// One engine output.
@@ -493,17 +515,7 @@ impl HostForwardPass for PieView<'_> {
         positions: Vec<u32>,
     ) -> wasmtime::Result<()> {
         let p = self.pass(&this)?;
-        if tokens.len() != positions.len() {
-            p.error = Some(format!(
-                "input-tokens: {} tokens but {} positions",
-                tokens.len(),
-                positions.len()
-            ));
-        }
-        if p.tokens.len() + p.spec_tokens.len() + tokens.len() > MAX_PASS_TOKENS {
-            p.error = Some(format!(
-                "a forward pass takes at most {MAX_PASS_TOKENS} tokens"
-            ));
+        if !p.accepts_input("input-tokens", &tokens, &positions) {
             return Ok(());
         }
         p.tokens.extend(tokens);
@@ -518,17 +530,7 @@ impl HostForwardPass for PieView<'_> {
         positions: Vec<u32>,
     ) -> wasmtime::Result<()> {
         let p = self.pass(&this)?;
-        if tokens.len() != positions.len() {
-            p.error = Some(format!(
-                "input-speculative-tokens: {} tokens but {} positions",
-                tokens.len(),
-                positions.len()
-            ));
-        }
-        if p.tokens.len() + p.spec_tokens.len() + tokens.len() > MAX_PASS_TOKENS {
-            p.error = Some(format!(
-                "a forward pass takes at most {MAX_PASS_TOKENS} tokens"
-            ));
+        if !p.accepts_input("input-speculative-tokens", &tokens, &positions) {
             return Ok(());
         }
         p.spec_tokens.extend(tokens);
