@@ -29,6 +29,13 @@ pub struct Config {
     /// fail saying so.
     #[serde(rename = "mcp")]
     pub mcp_servers: Vec<McpConfig>,
+    /// `[http]`: outbound HTTP destinations inferlets may be granted (`--allow-http`).
+    pub http: crate::http::HttpConfig,
+    /// `[[mount]]` tables: host directories tenants may be granted (`--mount NAME`).
+    #[serde(rename = "mount")]
+    pub mounts: Vec<crate::mounts::MountConfig>,
+    /// `[store]`: the per-tenant key-value store and the journal.
+    pub store: crate::store::StoreConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -102,6 +109,9 @@ pub struct RuntimeConfig {
     pub max_processes: u32,
     /// Whether launches may ask for the tenant's scratch tree (`--fs`).
     pub allow_fs: bool,
+    /// Most bytes a tenant's scratch tree may hold, in MiB; 0 = no quota. A launch is refused
+    /// while the tree is over it, and a running process that grows it past it is killed.
+    pub scratch_quota_mib: u64,
     pub max_program_bytes: u64,
     /// Use wasmtime's pooling allocator (fast instantiation, memory reserved up front).
     pub pooling: bool,
@@ -177,6 +187,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             max_processes: 1024,
             allow_fs: false,
+            scratch_quota_mib: 0,
             max_program_bytes: 32 << 20,
             pooling: true,
         }
@@ -265,6 +276,13 @@ impl Config {
                 return Err(err("mcp", "name", format!("{:?} is listed twice", m.name)));
             }
         }
+        self.http
+            .validate()
+            .map_err(|(key, what)| err("http", key, what))?;
+        crate::mounts::validate(&self.mounts).map_err(|(key, what)| err("mount", key, what))?;
+        self.store
+            .validate()
+            .map_err(|(key, what)| err("store", key, what))?;
         if self.models.iter().filter(|m| m.default).count() > 1 {
             return Err(err(
                 "model",

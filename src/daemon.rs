@@ -11,6 +11,7 @@ use proto::{ErrorCode, ErrorReply, LaunchSpec, Limits, ProcessInfo, ProcessState
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{Config, within};
+use crate::grants::ProcessGrants;
 use crate::llm::Llm;
 use crate::procs::{Process, ProcessTable};
 use crate::programs::{ProgramStore, StoreError};
@@ -191,6 +192,11 @@ impl Daemon {
         } else {
             None
         };
+        let grants = Arc::new(ProcessGrants::resolve(
+            &config,
+            &caller.tenant,
+            &spec.grants,
+        )?);
         let loaded = self.programs.load(&program).await?;
 
         let max = config.runtime.max_processes as usize;
@@ -263,6 +269,7 @@ impl Daemon {
                 id,
                 tenant: caller.tenant.clone(),
                 session: process.session.clone(),
+                grants,
             },
             shared: self.pie.clone(),
         };

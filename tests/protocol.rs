@@ -32,7 +32,11 @@ fn read_hello(s: &mut UnixStream) -> HelloReply {
 
 fn handshaken(pied: &Pied) -> UnixStream {
     let mut s = connect(pied);
-    proto::write_frame(&mut s, &hello(1, 1)).unwrap();
+    proto::write_frame(
+        &mut s,
+        &hello(proto::MIN_PROTOCOL_VERSION, proto::PROTOCOL_VERSION),
+    )
+    .unwrap();
     assert!(matches!(read_hello(&mut s), HelloReply::Accepted(_)));
     s
 }

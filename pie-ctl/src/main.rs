@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use proto::{
-    ErrorCode, Event, EventKind, ExitStatus, LaunchSpec, LimitOverrides, RequestBody, ResponseBody,
-    SessionOutput, StdinMode,
+    ErrorCode, Event, EventKind, ExitStatus, Grants, LaunchSpec, LimitOverrides, RequestBody,
+    ResponseBody, SessionOutput, StdinMode,
 };
 use sha2::{Digest, Sha256};
 
@@ -136,6 +136,19 @@ struct LaunchArgs {
     /// Give the program its tenant's scratch tree at /scratch (daemon must allow_fs)
     #[arg(long)]
     fs: bool,
+    /// Allow outbound HTTP to HOST (`host`, `*.domain`, `host:port`, `https://host`), within
+    /// the daemon's `[http] allow`; `config` grants all of it. Repeatable
+    #[arg(long = "allow-http", value_name = "HOST")]
+    allow_http: Vec<String>,
+    /// Grant the MCP server NAME (a `[[mcp]]` of the daemon's config). Repeatable
+    #[arg(long, value_name = "NAME")]
+    mcp: Vec<String>,
+    /// Grant the directory NAME of the tenant's mount table (`[[mount]]`). Repeatable
+    #[arg(long, value_name = "NAME")]
+    mount: Vec<String>,
+    /// Grant the tenant's key-value store (`pied:store/kv`)
+    #[arg(long)]
+    kv: bool,
     /// Fuel limit (wasm instructions, roughly); 0 = unmetered
     #[arg(long)]
     fuel: Option<u64>,
@@ -404,6 +417,12 @@ fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
             fuel: args.fuel,
             deadline_ms: args.deadline,
             memory_bytes: args.memory,
+        },
+        grants: Grants {
+            http: args.allow_http,
+            mcp: args.mcp,
+            mounts: args.mount,
+            kv: args.kv,
         },
     };
     let id = match client.call(RequestBody::Launch(spec.clone())) {

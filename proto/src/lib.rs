@@ -30,10 +30,12 @@ pub use messages::*;
 pub const MAGIC: [u8; 8] = *b"PIEDCTL\x01";
 
 /// Oldest protocol version this build can speak.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// 3 changed `LaunchSpec` (grants), so older clients cannot be understood.
+pub const MIN_PROTOCOL_VERSION: u32 = 3;
 /// Newest protocol version this build can speak.
 /// 2: `Signal`, `SendFile` requests and `Session` responses (inferlet sessions).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: `LaunchSpec::grants` (HTTP, MCP, mounts, KV store).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Picks the protocol version for a client that speaks `[min, max]`, or `None` when the two
 /// ranges do not overlap.
@@ -48,8 +50,12 @@ mod tests {
 
     #[test]
     fn negotiate_picks_highest_common_version() {
-        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(
+            negotiate(MIN_PROTOCOL_VERSION, MIN_PROTOCOL_VERSION),
+            Some(MIN_PROTOCOL_VERSION)
+        );
         assert_eq!(negotiate(1, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(1, MIN_PROTOCOL_VERSION - 1), None);
         assert_eq!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 5), None);
         assert_eq!(negotiate(0, 0), None);
     }

@@ -47,6 +47,24 @@ pub struct LaunchSpec {
     pub fs: bool,
     /// Per-launch overrides of the config's default limits (must stay within its maxima).
     pub limits: LimitOverrides,
+    /// I/O capabilities beyond the scratch tree, each named here and bounded by the config.
+    pub grants: Grants,
+}
+
+/// What a launch asks for beyond compute. Deny by default: an empty list grants nothing, and
+/// every entry must be within what the daemon's config offers (a launch narrows, never widens).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Grants {
+    /// Outbound HTTP destinations (`--allow-http`): `host`, `*.domain`, `host:port`,
+    /// `scheme://host[:port]`, or `config` for everything `[http] allow` lists. Each must be
+    /// covered by an entry of the config's allow-list.
+    pub http: Vec<String>,
+    /// MCP servers by their `[[mcp]]` name (`--mcp`).
+    pub mcp: Vec<String>,
+    /// Directories of the tenant's mount table by their `[[mount]]` name (`--mount`).
+    pub mounts: Vec<String>,
+    /// The tenant's key-value store (`--kv`, `pied:store/kv`).
+    pub kv: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -75,6 +75,8 @@ pub struct ProcessMeta {
     pub tenant: String,
     /// The process' session channel (shared with the admin server, which feeds and drains it).
     pub session: Arc<crate::bus::Session>,
+    /// What the launch was granted (HTTP, MCP servers, mounts, KV store).
+    pub grants: Arc<crate::grants::ProcessGrants>,
 }
 
 /// Daemon-wide state shared by every inferlet.

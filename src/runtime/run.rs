@@ -232,6 +232,15 @@ fn wasi_builder(io: ProcessIo) -> anyhow::Result<WasiCtxBuilder> {
         b.preopened_dir(&dir, "/scratch", FsPerms::ReadWrite)
             .map_err(anyhow::Error::from)?;
     }
+    for m in &io.process.grants.mounts {
+        let perms = match m.writable {
+            true => FsPerms::ReadWrite,
+            false => FsPerms::ReadOnly,
+        };
+        b.preopened_dir(&m.host, &m.guest, perms).map_err(|e| {
+            anyhow::Error::from(e).context(format!("cannot open mount {:?}", m.name))
+        })?;
+    }
     Ok(b)
 }
 
