@@ -86,6 +86,8 @@ impl Daemon {
             config.default_model().map(str::to_owned),
             config.mcp_servers.iter().map(|m| m.name.clone()).collect(),
         );
+        let store = crate::store::Store::open(&state_dir.join("store.redb"), config.store.clone())?;
+        let _ = pie.store.set(store);
         Ok(Arc::new(Daemon {
             config: RwLock::new(Arc::new(config)),
             config_path,
@@ -361,6 +363,9 @@ impl Daemon {
                     fixed.join(", ")
                 ),
             ));
+        }
+        if let Some(store) = self.pie.store.get() {
+            store.set_config(new.store.clone());
         }
         *self.config.write().unwrap() = Arc::new(new);
         tracing::info!(path = %path.display(), "config reloaded");

@@ -2,6 +2,7 @@
 
 mod client;
 mod render;
+mod store;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -103,6 +104,18 @@ enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Read the tenant's key-value store (what inferlets launched with --kv keep)
+    Kv {
+        #[command(subcommand)]
+        command: store::KvCommand,
+    },
+    /// Print a process's journal (pied:store/journal), one JSON line per record
+    Journal {
+        id: u64,
+        /// Start at this sequence number
+        #[arg(long, default_value_t = 0)]
+        from: u64,
     },
     /// Write man pages and shell completions into DIR (for packaging)
     #[command(hide = true)]
@@ -304,6 +317,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("config reloaded");
         }
         Command::Model { command } => model(&mut client, command)?,
+        Command::Kv { command } => store::kv(&mut client, command)?,
+        Command::Journal { id, from } => store::journal(&mut client, id, from)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -151,6 +151,23 @@ pub enum RequestBody {
         id: u64,
         data: Vec<u8>,
     },
+    /// A value of a tenant's key-value store (`tenant`: admins only, else the caller's own).
+    /// Answered with `KvValue`, or `Error` `NotFound`.
+    KvGet {
+        tenant: Option<String>,
+        key: String,
+    },
+    /// A tenant's keys starting with `prefix`; answered with `KvKeys`.
+    KvList {
+        tenant: Option<String>,
+        prefix: String,
+    },
+    /// A process' journal records from `from_seq` on (owner or admin); answered with
+    /// `Journal`.
+    Journal {
+        id: u64,
+        from_seq: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +202,33 @@ pub enum ResponseBody {
     /// Something the process sent its user (`session.send`, `send-file`), interleaved in
     /// the event stream of `Attach` and of `Logs` with `follow` while the process runs.
     Session(SessionOutput),
+    KvValue(Vec<u8>),
+    KvKeys {
+        tenant: String,
+        keys: Vec<KvKey>,
+        /// Bytes the tenant's keys and values take (what `[store] max_tenant_bytes` bounds).
+        used_bytes: u64,
+        /// More keys matched than the listing holds (10000).
+        truncated: bool,
+    },
+    Journal(Vec<JournalRecord>),
+}
+
+/// A key of a tenant's key-value store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvKey {
+    pub key: String,
+    pub value_bytes: u64,
+}
+
+/// A record of a process' journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    pub seq: u64,
+    pub unix_ms: u64,
+    pub kind: String,
+    /// A JSON text.
+    pub payload_json: String,
 }
 
 /// What an inferlet sends its user. Items sent while no client follows the process are

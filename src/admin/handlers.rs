@@ -171,6 +171,9 @@ async fn handle(
             store.remove(&name).map_err(internal)?;
             ResponseBody::Models(vec![models::info(&entry, None)])
         }
+        req @ (RequestBody::KvGet { .. }
+        | RequestBody::KvList { .. }
+        | RequestBody::Journal { .. }) => crate::store::admin::handle(daemon, caller, req).await?,
         RequestBody::Logs { .. } | RequestBody::Attach { .. } | RequestBody::ModelImport { .. } => {
             unreachable!("streaming requests are dispatched before")
         }

@@ -88,6 +88,8 @@ pub struct Shared {
     pub messaging: messaging::Hub,
     /// MCP servers registered in the config (`[[mcp]]`), by name.
     pub mcp_servers: Vec<String>,
+    /// The KV store and journals (`pied:store`), set once when the daemon opens it.
+    pub store: std::sync::OnceLock<Arc<crate::store::Store>>,
 }
 
 impl Shared {
@@ -102,6 +104,7 @@ impl Shared {
             snapshots: context::Snapshots::default(),
             messaging: messaging::Hub::default(),
             mcp_servers,
+            store: std::sync::OnceLock::new(),
         })
     }
 }

@@ -86,6 +86,8 @@ impl Runtime {
             .map_err(anyhow::Error::from)?;
         crate::inferlet::add_to_linker(&mut component_linker, ComponentState::pie_view)
             .map_err(anyhow::Error::from)?;
+        crate::store::host::add_to_linker(&mut component_linker, ComponentState::pie_view)
+            .map_err(anyhow::Error::from)?;
         let mut module_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
             &mut s.wasi
