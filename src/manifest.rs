@@ -36,10 +36,10 @@ const BASE: &[&str] = &[
 
 /// Capability names and the interface prefixes each one lets a program import.
 const CAPABILITIES: &[(&str, &[&str])] = &[
-    ("inference", &["pie:core/"]),
+    // The `inferlet` SDK links pie:zo (adapters) into every inferlet; it goes with inference.
+    ("inference", &["pie:core/", "pie:zo/"]),
     ("instruct", &["pie:instruct/"]),
     ("mcp", &["pie:mcp/"]),
-    ("zo", &["pie:zo/"]),
     ("http", &["wasi:http/"]),
     ("kv", &["pied:store/kv"]),
     ("journal", &["pied:store/journal"]),
