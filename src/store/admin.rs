@@ -12,10 +12,6 @@ use super::{MAX_LIST, Store};
 use crate::daemon::{Daemon, OpResult, err};
 use crate::tenancy::Caller;
 
-/// Most records one `Journal` reply carries (a journal is bounded by
-/// `max_journal_bytes_per_process`, at most 32 MiB, so one reply holds it).
-const MAX_JOURNAL_REPLY: u64 = u64::MAX;
-
 fn store(daemon: &Daemon) -> OpResult<Arc<Store>> {
     daemon
         .pie
@@ -77,9 +73,9 @@ pub async fn handle(daemon: &Daemon, caller: &Caller, body: RequestBody) -> OpRe
         RequestBody::Journal { id, from_seq } => {
             // The same check as logs/inspect: owner or admin; others' ids look absent.
             let tenant = daemon.process(caller, id)?.info().tenant;
-            let records = store
-                .journal_read(&tenant, id, from_seq, MAX_JOURNAL_REPLY)
-                .await?;
+            // All of it: a journal is bounded by max_journal_bytes_per_process (at most
+            // 32 MiB), so one reply holds it.
+            let records = store.journal_read(&tenant, id, from_seq, u64::MAX).await?;
             ResponseBody::Journal(
                 records
                     .into_iter()
