@@ -86,6 +86,9 @@ impl Runtime {
             .map_err(anyhow::Error::from)?;
         crate::inferlet::add_to_linker(&mut component_linker, ComponentState::pie_view)
             .map_err(anyhow::Error::from)?;
+        // wasi:http/outgoing-handler + types; every request goes through crate::http.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)
+            .map_err(anyhow::Error::from)?;
         crate::store::host::add_to_linker(&mut component_linker, ComponentState::pie_view)
             .map_err(anyhow::Error::from)?;
         let mut module_linker = Linker::new(&engine);

@@ -12,11 +12,13 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::cli::AsyncStdinStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::{Control, MemoryCap, Stop};
 use super::stdio::{Channel, LogOutput};
 use super::{Loaded, Runtime};
 use crate::events::EventLog;
+use crate::http::HttpHooks;
 use crate::inferlet::{InferletCtx, PieView, ProcessMeta, Shared};
 
 pub struct ComponentState {
@@ -24,6 +26,8 @@ pub struct ComponentState {
     table: ResourceTable,
     limits: MemoryCap,
     pie: InferletCtx,
+    http: WasiHttpCtx,
+    http_hooks: HttpHooks,
 }
 
 impl ComponentState {
@@ -41,6 +45,16 @@ impl WasiView for ComponentState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }
@@ -87,6 +101,7 @@ impl Runtime {
         let deadline = (limits.deadline_ms > 0)
             .then(|| Instant::now() + Duration::from_millis(limits.deadline_ms));
         let pie = InferletCtx::new(io.process.clone(), io.log.clone(), io.shared.clone());
+        let http_hooks = HttpHooks::new(io.process.grants.http.clone(), io.log.clone());
         let log = io.log.clone();
         let args: Vec<String> = io.argv.iter().skip(1).cloned().collect();
         let wasi = match wasi_builder(io) {
@@ -116,6 +131,8 @@ impl Runtime {
                     table: handle_table(),
                     limits: cap,
                     pie,
+                    http: WasiHttpCtx::new(),
+                    http_hooks,
                 };
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|s| &mut s.limits);
@@ -137,6 +154,8 @@ impl Runtime {
                     table: handle_table(),
                     limits: cap,
                     pie,
+                    http: WasiHttpCtx::new(),
+                    http_hooks,
                 };
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|s| &mut s.limits);
