@@ -24,9 +24,8 @@ pub struct Config {
     /// `[[model]]` tables: the models of the store that load, and which is the default.
     #[serde(rename = "model")]
     pub models: Vec<ModelConfig>,
-    /// `[[mcp]]` tables: MCP servers inferlets may connect to by name (`pie:mcp`
-    /// `available-servers`). pied has no MCP transport yet: a connected session's calls
-    /// fail saying so.
+    /// `[[mcp]]` tables: MCP servers (a stdio `command` pied supervises, or a streamable-HTTP
+    /// `url`) that launches may be granted by name (`--mcp NAME`, `pie:mcp`); see `mcp/`.
     #[serde(rename = "mcp")]
     pub mcp_servers: Vec<McpConfig>,
     /// `[http]`: outbound HTTP destinations inferlets may be granted (`--allow-http`).
@@ -38,11 +37,7 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct McpConfig {
-    pub name: String,
-}
+pub use crate::mcp::McpConfig;
 
 /// How each loaded model's engine runs (fixed at start).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -268,14 +263,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        for (i, m) in self.mcp_servers.iter().enumerate() {
-            if m.name.is_empty() || m.name.len() > 128 {
-                return Err(err("mcp", "name", "must be 1 to 128 bytes long".into()));
-            }
-            if self.mcp_servers[..i].iter().any(|o| o.name == m.name) {
-                return Err(err("mcp", "name", format!("{:?} is listed twice", m.name)));
-            }
-        }
+        crate::mcp::config::validate(&self.mcp_servers, text)?;
         self.http
             .validate()
             .map_err(|(key, what)| err("http", key, what))?;
@@ -429,9 +417,9 @@ mod tests {
 
     #[test]
     fn mcp_tables() {
-        let c = Config::parse("[[mcp]]\nname = \"files\"\n").unwrap();
+        let c = Config::parse("[[mcp]]\nname = \"files\"\ncommand = \"x\"\n").unwrap();
         assert_eq!(c.mcp_servers[0].name, "files");
-        let e = Config::parse("[[mcp]]\nname = \"a\"\n[[mcp]]\nname = \"a\"\n").unwrap_err();
+        let e = Config::parse("[[mcp]]\nname = \"a\"\nurl = \"http://h/\"\n[[mcp]]\nname = \"a\"\nurl = \"http://h/\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("listed twice"), "{e:#}");
     }
 

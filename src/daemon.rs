@@ -84,7 +84,7 @@ impl Daemon {
         let pie = crate::inferlet::Shared::new(
             llm.engines(),
             config.default_model().map(str::to_owned),
-            config.mcp_servers.iter().map(|m| m.name.clone()).collect(),
+            crate::mcp::Mcp::new(&config.mcp_servers),
         );
         let store = crate::store::Store::open(&state_dir.join("store.redb"), config.store.clone())?;
         let _ = pie.store.set(store);

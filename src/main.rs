@@ -11,6 +11,7 @@ mod http;
 mod inferlet;
 mod instruct;
 mod llm;
+mod mcp;
 mod models;
 mod mounts;
 mod procs;

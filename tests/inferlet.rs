@@ -282,9 +282,10 @@ fn missing_import_is_a_link_error_naming_it() {
 
 #[test]
 fn every_core_interface_answers_for_real() {
-    let pied = pied_with_model("[[mcp]]\nname = \"files\"\n");
+    let pied =
+        pied_with_model("[[mcp]]\nname = \"files\"\ncommand = \"/nonexistent/files-server\"\n");
     let tour = inferlet("api-tour");
-    let id = pied.launch_detached(&[path_str(&tour)]);
+    let id = pied.launch_detached(&["--mcp", "files", path_str(&tour)]);
     assert_eq!(
         pied.wait_exit(id)["state"],
         serde_json::json!({"Exited": {"Code": 0}})
@@ -399,7 +400,7 @@ fn every_core_interface_answers_for_real() {
         r["mcp"]["known_list_tools"]
             .as_str()
             .unwrap()
-            .contains("no MCP transport")
+            .contains("\"files\" is not running: it could not be started")
     );
 }
 

@@ -14,13 +14,15 @@
 //!   - `ctx.log`: the process' `EventLog` (append `EventKind::Stdout(bytes)` to print);
 //!   - `ctx.shared`: the daemon-wide [`Shared`] (`Arc`): `models` (name → `Arc<engine::Engine>`),
 //!     `default_model`, `snapshots` (tenant-scoped named KV snapshots), `messaging`
-//!     (`messaging::Hub`), `mcp_servers` (names registered in the config);
+//!     (`messaging::Hub`), `mcp` (the MCP clients of the config's `[[mcp]]` servers);
 //!   - `ctx.session`: `session::SessionState`, per-process session plumbing (session.rs).
 //!
 //! Host functions are synchronous (`trappable`: `Err` traps the guest, used only for host
 //! bugs such as a stale resource handle); anything that waits is a resource with a
 //! `pollable` (see `types::FutureString` and `inference::FutureOutput`), which the guest
-//! waits on through `wasi:io/poll`, so the wasm task yields to tokio while it waits.
+//! waits on through `wasi:io/poll`, so the wasm task yields to tokio while it waits. The
+//! exception is `pie:mcp/client`, whose WIT functions block the guest while pied talks to an
+//! MCP server: they are `async` host functions, so the wasm task yields there too.
 
 pub mod adapter;
 pub mod context;
@@ -46,7 +48,9 @@ use crate::events::EventLog;
 wasmtime::component::bindgen!({
     path: "wit",
     world: "pie:inferlet/pied-host",
-    imports: { default: trappable },
+    // pie:mcp waits on MCP servers: its functions are async so a wasm task awaiting one
+    // yields its tokio worker (other inferlets keep running).
+    imports: { "pie:mcp/client": async | trappable, default: trappable },
     require_store_data_send: true,
     with: {
         "wasi:io/poll": wasmtime_wasi::p2::bindings::io::poll,
@@ -86,8 +90,8 @@ pub struct Shared {
     pub default_model: Option<String>,
     pub snapshots: context::Snapshots,
     pub messaging: messaging::Hub,
-    /// MCP servers registered in the config (`[[mcp]]`), by name.
-    pub mcp_servers: Vec<String>,
+    /// The MCP clients of the config's `[[mcp]]` servers (`crate::mcp`).
+    pub mcp: Arc<crate::mcp::Mcp>,
     /// The KV store and journals (`pied:store`), set once when the daemon opens it.
     pub store: std::sync::OnceLock<Arc<crate::store::Store>>,
 }
@@ -96,14 +100,14 @@ impl Shared {
     pub fn new(
         models: BTreeMap<String, Arc<engine::Engine>>,
         default_model: Option<String>,
-        mcp_servers: Vec<String>,
+        mcp: Arc<crate::mcp::Mcp>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             models,
             default_model,
             snapshots: context::Snapshots::default(),
             messaging: messaging::Hub::default(),
-            mcp_servers,
+            mcp,
             store: std::sync::OnceLock::new(),
         })
     }
