@@ -279,6 +279,28 @@ fn loopback_needs_private_in_the_config_entry() {
         "{out}"
     );
     assert!(other.seen_paths().is_empty());
+    // The same through a name: the check is on what the name resolves to.
+    let named = Pied::start(&format!(
+        "[http]\nallow = [\"localhost\", {{ host = \"localhost\", port = {}, private = true }}]\n",
+        server.port
+    ));
+    let (ok, out) = http(
+        &named,
+        &["localhost"],
+        &["get", &format!("http://localhost:{}/hello", other.port)],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("DestinationIpProhibited") && out.contains("(loopback)"),
+        "{out}"
+    );
+    assert!(other.seen_paths().is_empty());
+    let (ok, out) = http(
+        &named,
+        &["config"],
+        &["get", &format!("http://localhost:{}/hello", server.port)],
+    );
+    assert!(ok && out.contains("hello from the test server"), "{out}");
     // `--allow-http config` grants the whole list, the private entry included.
     let (ok, out) = http(&pied, &["config"], &["get", &server.url("/hello")]);
     assert!(ok && out.contains("hello from the test server"), "{out}");

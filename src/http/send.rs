@@ -256,6 +256,7 @@ impl Admitted {
                 incoming: Some(incoming),
                 between_bytes: between_bytes_timeout,
                 timer: Box::pin(tokio::time::sleep(between_bytes_timeout)),
+                waiting: false,
                 max_bytes,
                 admitted: self,
             }
@@ -358,7 +359,10 @@ fn tls() -> &'static tokio_rustls::TlsConnector {
 struct CappedBody {
     incoming: Option<hyper::body::Incoming>,
     between_bytes: Duration,
+    /// Runs while the guest waits for a frame (a guest busy elsewhere is not the server
+    /// being slow).
     timer: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
     max_bytes: u64,
     admitted: Admitted,
 }
@@ -389,8 +393,7 @@ impl Body for CappedBody {
                 })))
             }
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + this.between_bytes;
-                this.timer.as_mut().reset(deadline);
+                this.waiting = false;
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     let before = this
@@ -412,6 +415,11 @@ impl Body for CappedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    let deadline = tokio::time::Instant::now() + this.between_bytes;
+                    this.timer.as_mut().reset(deadline);
+                }
                 ready!(this.timer.as_mut().poll(cx));
                 this.incoming = None;
                 this.admitted.note(&format!(
