@@ -284,3 +284,65 @@ fn crash_restart_timeout_and_concurrency() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A child process killed when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn streamable_http_server() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _server = Child(
+        std::process::Command::new(demo_bin())
+            .args(["--http", &addr])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "mcp-demo --http did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pied = Pied::start(&format!(
+        "[[mcp]]\nname = \"web\"\nurl = \"http://{addr}/mcp\"\ntimeout_ms = 5000\n"
+    ));
+    let web = ["--mcp", "web"];
+    let (ok, out, err, _) = tool(
+        &pied,
+        &web,
+        &["--call", "add", "--args", r#"{"a":40,"b":2}"#],
+    );
+    assert!(ok, "{err}\n{}", pied.daemon_log());
+    assert_eq!(record(&out)["result"]["structuredContent"]["sum"], 42.0);
+    let (ok, out, err, _) = tool(&pied, &web, &["--read", "demo://greeting"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        record(&out)["contents"][0]["text"],
+        "Hello from the mcp-demo server!"
+    );
+    let (ok, out, err, _) = tool(
+        &pied,
+        &web,
+        &["--get-prompt", "greet", "--args", r#"{"name":"Lin"}"#],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        record(&out)["messages"][0]["content"]["text"],
+        "Please greet Lin warmly."
+    );
+}

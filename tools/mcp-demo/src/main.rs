@@ -6,6 +6,7 @@
 //! - resource `demo://greeting` (text);
 //! - prompt `greet` (argument `name`).
 //!
+//! `mcp-demo --http 127.0.0.1:PORT` serves streamable HTTP at `/mcp` instead of stdio.
 //! `mcp-demo --marker FILE` appends one line to FILE at each start (so a test can count
 //! restarts). Everything it logs goes to stderr (pied forwards it to its own log).
 
@@ -190,9 +191,12 @@ impl ServerHandler for Demo {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut test_tools = false;
+    let mut http = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--test-tools" {
+        if a == "--http" {
+            http = Some(args.next().expect("--http needs an address"));
+        } else if a == "--test-tools" {
             test_tools = true;
         } else if a == "--marker" {
             let path = args.next().expect("--marker needs a file");
@@ -205,6 +209,10 @@ async fn main() {
             writeln!(f, "start {}", std::process::id()).unwrap();
         }
     }
+    if let Some(addr) = http {
+        serve_http(&addr, test_tools).await;
+        return;
+    }
     eprintln!("mcp-demo: serving on stdio");
     let service = match (Demo { test_tools }).serve(rmcp::transport::stdio()).await {
         Ok(s) => s,
@@ -214,4 +222,34 @@ async fn main() {
         }
     };
     let _ = service.waiting().await;
+}
+
+/// Streamable HTTP at `http://ADDR/mcp` (every path answers), one task per connection.
+async fn serve_http(addr: &str, test_tools: bool) {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+    let service = StreamableHttpService::new(
+        move || Ok(Demo { test_tools }),
+        LocalSessionManager::default().into(),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("cannot bind the --http address");
+    eprintln!(
+        "mcp-demo: serving streamable HTTP on http://{}/mcp",
+        listener.local_addr().unwrap()
+    );
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
 }
