@@ -259,3 +259,22 @@ fn limits_give_clear_errors_and_the_daemon_keeps_serving() {
     let (ok, _, err) = run(&pied, &["reload"]);
     assert!(!ok && err.contains("max_value_bytes"), "{err}");
 }
+
+/// Prints what a store call costs an inferlet (no assertion on time: the disk decides).
+#[test]
+fn store_calls_from_an_inferlet_cost() {
+    let pied = Pied::start("");
+    let km = inferlet("kv-memory");
+    let (ok, out, err) = run(
+        &pied,
+        &["launch", "--kv", path_str(&km), "--", "--bench", "200"],
+    );
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    for k in ["set_us", "get_us", "delete_us", "journal_append_us"] {
+        assert!(v[k].as_f64().is_some(), "{v}");
+    }
+    eprintln!("store calls from an inferlet (mean µs per call): {v}");
+    // The benchmark cleans up after itself.
+    assert_eq!(kv_ls(&pied, &[])["used_bytes"], 0);
+}

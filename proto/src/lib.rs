@@ -34,7 +34,8 @@ pub const MAGIC: [u8; 8] = *b"PIEDCTL\x01";
 pub const MIN_PROTOCOL_VERSION: u32 = 3;
 /// Newest protocol version this build can speak.
 /// 2: `Signal`, `SendFile` requests and `Session` responses (inferlet sessions).
-/// 3: `LaunchSpec::grants` (HTTP, MCP, mounts, KV store).
+/// 3: `LaunchSpec::grants` (HTTP, MCP, mounts, KV store); `KvGet`, `KvList`, `Journal`
+///    requests and `KvValue`, `KvKeys`, `Journal` responses (the store).
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Picks the protocol version for a client that speaks `[min, max]`, or `None` when the two

@@ -29,6 +29,8 @@ struct Input {
     recall: bool,
     forget: bool,
     max_tokens: Option<usize>,
+    /// Time N sets, gets, deletes and journal appends of 100-byte values (in the sandbox).
+    bench: Option<u32>,
 }
 
 /// The stored facts, oldest first (keys sort by time).
@@ -69,6 +71,9 @@ async fn main(input: Input) -> Result<String> {
 }
 
 async fn run(input: Input) -> Result<String> {
+    if let Some(n) = input.bench {
+        return bench(n.max(1));
+    }
     if input.forget {
         let all = facts()?;
         for (key, _) in &all {
@@ -131,4 +136,41 @@ async fn run(input: Input) -> Result<String> {
         }),
     )?;
     Ok(answer)
+}
+
+/// Mean microseconds per call of each store function, measured inside the sandbox (host
+/// call + the daemon's blocking pool + redb; a set and an append include the fsync).
+fn bench(n: u32) -> Result<String> {
+    use std::time::Instant;
+    let value = vec![b'x'; 100];
+    let key = |i: u32| format!("kv-memory/bench/{i:06}");
+    let per_call = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    let t = Instant::now();
+    for i in 0..n {
+        kv::set(&key(i), &value)?;
+    }
+    let set = per_call(t);
+    let t = Instant::now();
+    for i in 0..n {
+        kv::get(&key(i))?.ok_or("a benchmark key vanished")?;
+    }
+    let get = per_call(t);
+    let t = Instant::now();
+    for i in 0..n {
+        journal::append("bench", &format!("{{\"i\":{i}}}"))?;
+    }
+    let append = per_call(t);
+    let t = Instant::now();
+    for i in 0..n {
+        kv::delete(&key(i))?;
+    }
+    let delete = per_call(t);
+    let result = json!({
+        "n": n,
+        "set_us": set.round(),
+        "get_us": get.round(),
+        "delete_us": delete.round(),
+        "journal_append_us": append.round(),
+    });
+    Ok(result.to_string())
 }
