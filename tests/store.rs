@@ -278,3 +278,26 @@ fn store_calls_from_an_inferlet_cost() {
     // The benchmark cleans up after itself.
     assert_eq!(kv_ls(&pied, &[])["used_bytes"], 0);
 }
+
+/// A write the inferlet saw succeed is on disk: the daemon killed with SIGKILL right after
+/// (no drain, no shutdown) still has it at the next start.
+#[test]
+fn writes_survive_a_daemon_killed_with_sigkill() {
+    let mut pied = Pied::start("");
+    let km = inferlet("kv-memory");
+    let km = path_str(&km);
+    let (id, code) = launch(
+        &pied,
+        &["--kv", km, "--", "--remember", "kept through a crash"],
+    );
+    assert_eq!(code, 0, "{}", logs_of(&pied, id));
+    let mut child = pied.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    pied.spawn();
+    let (ok, out, err) = run(&pied, &["launch", "--kv", km, "--", "--recall"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "kept through a crash");
+    let records = journal(&pied, id);
+    assert_eq!(records[0]["payload"]["fact"], "kept through a crash");
+}
