@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, TlsAlertReceivedPayload};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::{Host, HttpPolicy, Scheme};
@@ -133,6 +134,24 @@ impl WasiHttpHooks for HttpHooks {
         match self.admit(&request) {
             Ok(admitted) => Box::new(admitted.send(request, options)),
             Err(e) => Box::new(async move { Err(e) }),
+        }
+    }
+
+    fn p2_error_from_tls(&mut self, err: &std::io::Error) -> ErrorCode {
+        match err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+                ErrorCode::TlsCertificateError
+            }
+            Some(rustls::Error::AlertReceived(alert)) => {
+                ErrorCode::TlsAlertReceived(TlsAlertReceivedPayload {
+                    alert_id: Some(u8::from(*alert)),
+                    alert_message: Some(format!("{alert:?}")),
+                })
+            }
+            _ => ErrorCode::TlsProtocolError,
         }
     }
 }
