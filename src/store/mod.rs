@@ -12,11 +12,12 @@
 //! is crash-safe: a torn commit is rolled back at the next open), so what a call reported done
 //! survives a daemon crash or restart.
 //!
-//! redb calls block: a commit waits for fsync (measured 1–4 ms per set on the dev VM, see the
-//! `latency` test; more on a busy disk), a get takes about 1 µs but may read the disk when
-//! cold. So every call runs on tokio's blocking pool (`spawn_blocking`, about 30 µs more per
-//! call), never on a runtime worker that runs wasm or serves the admin socket, and never on
-//! the engine thread; the guest-facing functions are `async` so the process' task yields.
+//! redb calls block: a commit waits for fsync (measured 0.4–4 ms per set on the dev VM with
+//! its load, see the `latency` test; more on a busy disk), a get takes about 1 µs but may
+//! read the disk when cold. So every call runs on tokio's blocking pool (`spawn_blocking`,
+//! 30–50 µs more per call), never on a runtime worker that runs wasm or serves the admin
+//! socket, and never on the engine thread; the guest-facing functions are `async` so the
+//! process' task yields while it waits.
 
 pub mod admin;
 pub mod host;
@@ -25,7 +26,9 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::Deserialize;
 
 use crate::util::unix_ms;
@@ -190,6 +193,14 @@ impl Store {
         self.config.read().unwrap().clone()
     }
 
+    /// A write transaction whose commit returns once the data is on disk (redb's default,
+    /// stated here because the store's promise depends on it).
+    fn write(&self) -> SResult<WriteTransaction> {
+        let mut tx = self.db.begin_write().map_err(storage)?;
+        tx.set_durability(Durability::Immediate).map_err(storage)?;
+        Ok(tx)
+    }
+
     fn check_key(&self, key: &str) -> SResult<()> {
         let max = self.config().max_key_bytes;
         if key.is_empty() {
@@ -224,7 +235,7 @@ impl Store {
                 config.max_value_bytes
             )));
         }
-        let tx = self.db.begin_write().map_err(storage)?;
+        let tx = self.write()?;
         {
             let mut table = tx.open_table(KV).map_err(storage)?;
             let mut usage = tx.open_table(KV_USAGE).map_err(storage)?;
@@ -253,7 +264,7 @@ impl Store {
     /// Removes a key; whether it existed.
     pub fn kv_delete_blocking(&self, tenant: &str, key: &str) -> SResult<bool> {
         self.check_key(key)?;
-        let tx = self.db.begin_write().map_err(storage)?;
+        let tx = self.write()?;
         let existed = {
             let mut table = tx.open_table(KV).map_err(storage)?;
             let mut usage = tx.open_table(KV_USAGE).map_err(storage)?;
@@ -332,7 +343,7 @@ impl Store {
             )));
         }
         let max = self.config().max_journal_bytes_per_process;
-        let tx = self.db.begin_write().map_err(storage)?;
+        let tx = self.write()?;
         let seq = {
             let mut meta = tx.open_table(JOURNAL_META).map_err(storage)?;
             let mut journal = tx.open_table(JOURNAL).map_err(storage)?;
