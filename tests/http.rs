@@ -168,7 +168,10 @@ fn http(pied: &Pied, grants: &[&str], args: &[&str]) -> (bool, String) {
 #[test]
 fn granted_requests_work_and_everything_else_is_refused() {
     let server = Server::start();
-    let pied = daemon(&server, "max_requests = 20\nmax_response_bytes = 100000\n");
+    let pied = daemon(
+        &server,
+        "max_requests = 20\nmax_response_bytes = 100000\nmax_concurrent = 2\n",
+    );
     let grant = format!("127.0.0.1:{}", server.port);
     let g = [grant.as_str()];
 
@@ -253,6 +256,16 @@ fn granted_requests_work_and_everything_else_is_refused() {
     assert!(!ok, "{out}");
     assert!(
         out.contains("ok 20") && out.contains("request cap reached"),
+        "{out}"
+    );
+
+    // At most 2 requests in flight (a response holds its slot until it is dropped).
+    let (ok, out) = http(&pied, &g, &["parallel", "3", &server.url("/hello")]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("ok 2")
+            && out.contains("error: ConnectionLimitReached")
+            && out.contains("2 requests already in flight"),
         "{out}"
     );
 

@@ -4,11 +4,14 @@
 //!   http follow URL         GET, following up to 5 redirects (Location), like a browser
 //!   http repeat N URL       N GETs; prints "ok K" and the first error
 //!   http timeout MS URL     GET with MS as the guest's own between-bytes timeout
+//!   http parallel N URL     N GETs started before any answer is read (all kept open);
+//!                           prints "ok K" and the first error
 //! A failure prints "error: <what>" and exits 1.
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingBody,
+    OutgoingRequest, RequestOptions, Scheme,
 };
 use wasip2::io::streams::StreamError;
 
@@ -109,6 +112,32 @@ fn request(
     })
 }
 
+/// Starts a GET without waiting for its answer.
+fn start_get(url: &str) -> Result<FutureIncomingResponse, String> {
+    let (scheme, authority, path) = split_url(url);
+    let req = OutgoingRequest::new(Fields::new());
+    req.set_scheme(Some(&scheme)).unwrap();
+    req.set_authority(Some(&authority)).unwrap();
+    req.set_path_with_query(Some(&path)).unwrap();
+    let out = req.body().unwrap();
+    let pending = outgoing_handler::handle(req, None).map_err(|e| show(&e))?;
+    OutgoingBody::finish(out, None).map_err(|e| show(&e))?;
+    Ok(pending)
+}
+
+fn wait(pending: &FutureIncomingResponse) -> Result<IncomingResponse, String> {
+    loop {
+        match pending.get() {
+            Some(r) => {
+                return r
+                    .map_err(|()| "response taken twice".to_string())?
+                    .map_err(|e| show(&e));
+            }
+            None => pending.subscribe().block(),
+        }
+    }
+}
+
 fn show(e: &ErrorCode) -> String {
     format!("{e:?}").replace("ErrorCode::", "")
 }
@@ -163,6 +192,27 @@ fn run(args: &[String]) -> Result<(), String> {
                 }
             }
             println!("ok {ok}");
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        "parallel" => {
+            let n: usize = arg(1)?.parse().map_err(|_| "bad count")?;
+            let url = arg(2)?;
+            let pending = (0..n)
+                .map(|_| start_get(&url))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut open = Vec::new();
+            let mut first_error = None;
+            for p in &pending {
+                match wait(p) {
+                    Ok(r) => open.push(r),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            println!("ok {}", open.len());
             if let Some(e) = first_error {
                 return Err(e);
             }
