@@ -194,6 +194,7 @@ fn crash_restart_timeout_and_concurrency() {
         "{err}"
     );
     assert!(secs < 5.0, "took {secs} s");
+    println!("crash: the caller's error came after {secs:.2} s (launch included)");
 
     // pied restarts it; a later call succeeds.
     let t = Instant::now();
@@ -215,6 +216,10 @@ fn crash_restart_timeout_and_concurrency() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(starts(&marker).len(), 2, "{}", pied.daemon_log());
+    println!(
+        "restart: a call succeeded {:.2} s after the crash's error",
+        t.elapsed().as_secs_f64()
+    );
 
     // A call past timeout_ms (2 s) fails with a timeout; the connection stays usable.
     let (ok, _, err, secs) = tool(
@@ -235,6 +240,7 @@ fn crash_restart_timeout_and_concurrency() {
         "{err}"
     );
     assert!((1.5..5.5).contains(&secs), "took {secs} s");
+    println!("timeout: a 6 s call failed after {secs:.2} s (timeout_ms = 2000, launch included)");
 
     // While one process waits on a slow call, another's calls go through.
     let wasm = inferlet("mcp-tool");
@@ -257,6 +263,7 @@ fn crash_restart_timeout_and_concurrency() {
         secs < 1.2,
         "the quick call waited for the slow one ({secs} s)"
     );
+    println!("concurrency: an add call took {secs:.2} s while another process waited on sleep");
     assert_eq!(pied.inspect(slow)["state"], "Running");
     assert_eq!(
         pied.wait_exit(slow)["state"],

@@ -88,7 +88,10 @@ async fn model_picks(session: &Session, server: &str, input: &Input) -> Result<S
         .as_array()
         .ok_or("tools/list returned no tools array")?
         .iter()
-        .filter(|t| only.as_ref().is_none_or(|o| o.contains(&t["name"].as_str().unwrap_or(""))))
+        .filter(|t| {
+            only.as_ref()
+                .is_none_or(|o| o.contains(&t["name"].as_str().unwrap_or("")))
+        })
         .collect();
     if offered.is_empty() {
         return Err(format!("server {server:?} offers no tools to pick from"));
@@ -140,7 +143,9 @@ async fn model_picks(session: &Session, server: &str, input: &Input) -> Result<S
         }
     };
     if !names.contains(&tool.as_str()) {
-        return Err(format!("the model called {tool:?}, which {server:?} does not list"));
+        return Err(format!(
+            "the model called {tool:?}, which {server:?} does not list"
+        ));
     }
     println!("calling {server}/{tool} with {args}");
     let result = session
