@@ -190,7 +190,13 @@ impl Daemon {
                     "filesystem access is disabled by the daemon's config ([runtime] allow_fs = false)",
                 ));
             }
-            Some(self.scratch_dir(&caller.tenant)?)
+            let dir = self.scratch_dir(&caller.tenant)?;
+            let quota = config.runtime.scratch_quota_mib << 20;
+            if quota > 0 {
+                crate::scratch::check_launch(&dir, quota, &caller.tenant)
+                    .map_err(|m| err(ErrorCode::LimitExceeded, m))?;
+            }
+            Some(dir)
         } else {
             None
         };
@@ -237,6 +243,7 @@ impl Daemon {
             fs: spec.fs,
             stdin_open: keep_open.is_some(),
             fuel_used: None,
+            grants: spec.grants.clone(),
         };
         let process = match self
             .procs
@@ -259,6 +266,10 @@ impl Daemon {
         if matches!(*loaded, crate::runtime::Loaded::Inferlet { .. }) {
             // Inferlets read session messages (signal, attach's stdin lines) from the start.
             process.session.open_inbox();
+        }
+        let quota = config.runtime.scratch_quota_mib << 20;
+        if let (Some(dir), true) = (&scratch, quota > 0) {
+            crate::scratch::watch(dir.clone(), quota, process.clone());
         }
         let mut argv = vec![program.name.clone()];
         argv.extend(spec.args);

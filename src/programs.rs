@@ -14,7 +14,8 @@ use proto::{ProgramInfo, ProgramKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::runtime::{Loaded, Runtime};
+use crate::manifest::Manifest;
+use crate::runtime::{Loaded, Runtime, Undeclared};
 use crate::util::{Durability, unix_ms, write_atomic};
 
 /// Shortest sha256 prefix accepted as a program reference.
@@ -28,6 +29,9 @@ struct Meta {
     added_unix_ms: u64,
     /// Uids that uploaded it: they (and admins) see and may remove it.
     owners: Vec<u32>,
+    /// Its declared-capability manifest (TOML text of its `pied-manifest` section), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifest: Option<String>,
 }
 
 pub struct ProgramStore {
@@ -99,6 +103,7 @@ impl ProgramStore {
             });
         }
         let kind = Runtime::detect_kind(&wasm).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let manifest = Manifest::find(&wasm).map_err(StoreError::Invalid)?;
         let sha = hex::encode(Sha256::digest(&wasm));
         let _guard = self.write_lock.lock().await;
         if let Ok(mut meta) = self.meta(&sha) {
@@ -123,6 +128,7 @@ impl ProgramStore {
             size: wasm.len() as u64,
             added_unix_ms: unix_ms(),
             owners: vec![owner],
+            manifest: manifest.map(|m| m.text),
         };
         // The .json is written last: it is what makes a program exist.
         let write = || -> Result<()> {
@@ -244,8 +250,16 @@ impl ProgramStore {
             return Ok(l.clone());
         }
         let cwasm = self.path(&info.sha256, "cwasm");
-        let loaded = match self.runtime.load(info.kind, &cwasm) {
+        let manifest = match self.meta(&info.sha256).ok().and_then(|m| m.manifest) {
+            Some(text) => Some(Manifest::parse(&text).map_err(StoreError::Invalid)?),
+            None => None,
+        };
+        let manifest = manifest.as_ref();
+        let loaded = match self.runtime.load(info.kind, &cwasm, manifest) {
             Ok(l) => l,
+            Err(e) if e.downcast_ref::<Undeclared>().is_some() => {
+                return Err(StoreError::Invalid(e.to_string()));
+            }
             Err(first) => {
                 tracing::info!(sha = %info.sha256, "cached artifact unusable ({first:#}); recompiling");
                 let wasm = std::fs::read(self.path(&info.sha256, "wasm"))
@@ -257,7 +271,7 @@ impl ProgramStore {
                 write_atomic(&cwasm, &compiled, Durability::Synced)
                     .map_err(|e| StoreError::Io(anyhow::anyhow!("cannot write artifact: {e}")))?;
                 self.runtime
-                    .load(info.kind, &cwasm)
+                    .load(info.kind, &cwasm, manifest)
                     .map_err(|e| StoreError::Invalid(format!("{e:#}")))?
             }
         };

@@ -1,6 +1,7 @@
 //! pie-ctl: administers pied over its Unix socket.
 
 mod client;
+mod manifest;
 mod render;
 mod store;
 
@@ -130,7 +131,12 @@ enum ProgramsCommand {
         json: bool,
     },
     /// Install a program without running it
-    Add { file: PathBuf },
+    Add {
+        file: PathBuf,
+        /// Declared-capability manifest (TOML) to embed: imports it does not declare fail to link
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+    },
     /// Remove a program (by name or sha256 prefix)
     Rm { program: String },
 }
@@ -171,6 +177,10 @@ struct LaunchArgs {
     /// Memory cap, e.g. 64M, 1G (plain numbers are MiB)
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
+    /// Declared-capability manifest (TOML) to embed in the program: imports it does not
+    /// declare fail to link
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
     /// Save files the inferlet sends (session.send-file) into DIR
     #[arg(long, value_name = "DIR")]
     files: Option<PathBuf>,
@@ -293,13 +303,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 };
                 render::programs(&list, json)?;
             }
-            ProgramsCommand::Add { file } => {
-                let info = upload(
-                    &mut client,
-                    &file,
-                    &std::fs::read(&file)
-                        .with_context(|| format!("cannot read {}", file.display()))?,
-                )?;
+            ProgramsCommand::Add { file, manifest } => {
+                let wasm = manifest::read_program(&file, manifest.as_deref())?;
+                let info = upload(&mut client, &file, &wasm)?;
                 println!("{}  {}", info.sha256, info.name);
             }
             ProgramsCommand::Rm { program } => {
@@ -413,10 +419,11 @@ fn launch(client: &mut Client, args: LaunchArgs) -> Result<ExitCode> {
     // does not have it yet, so repeated launches send 64 bytes, not the program.
     let local = Path::new(&args.program);
     let file = if local.is_file() {
-        let wasm =
-            std::fs::read(local).with_context(|| format!("cannot read {}", local.display()))?;
-        Some(wasm)
+        Some(manifest::read_program(local, args.manifest.as_deref())?)
     } else {
+        if args.manifest.is_some() {
+            bail!("--manifest needs a .wasm file path, not an installed program");
+        }
         None
     };
     let program = match &file {

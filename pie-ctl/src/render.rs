@@ -161,6 +161,17 @@ pub fn process(p: &ProcessInfo, json: bool) -> Result<()> {
     }
     println!("limits:    {}", limits(&p.limits));
     println!("fs:        {}", if p.fs { "/scratch" } else { "none" });
+    let list = |v: &[String]| match v.is_empty() {
+        true => "none".to_string(),
+        false => v.join(", "),
+    };
+    println!("mounts:    {}", list(&p.grants.mounts));
+    println!("http:      {}", list(&p.grants.http));
+    println!("mcp:       {}", list(&p.grants.mcp));
+    println!(
+        "kv store:  {}",
+        if p.grants.kv { "granted" } else { "none" }
+    );
     println!(
         "stdin:     {}",
         if p.stdin_open { "open" } else { "closed" }

@@ -409,6 +409,10 @@ pub struct ProcessInfo {
     pub stdin_open: bool,
     /// Fuel used so far (known once the process has ended, when fuel is metered).
     pub fuel_used: Option<u64>,
+    /// What the launch was granted beyond `fs` (records written before grants existed
+    /// read as none).
+    #[serde(default)]
+    pub grants: Grants,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

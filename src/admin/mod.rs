@@ -22,7 +22,18 @@ use crate::tenancy::Caller;
 /// A client that connects and says nothing is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub const FEATURES: &[&str] = &["wasip1", "wasip2", "fs", "attach", "socket-activation"];
+pub const FEATURES: &[&str] = &[
+    "wasip1",
+    "wasip2",
+    "fs",
+    "attach",
+    "socket-activation",
+    "mounts",
+    "http",
+    "mcp",
+    "kv",
+    "manifest",
+];
 
 /// The write half of a connection, shared by the request loop and streaming tasks.
 #[derive(Clone)]

@@ -23,6 +23,8 @@ use wasmtime::{
 };
 use wasmtime_wasi::p2::bindings::CommandPre;
 
+use crate::manifest::Manifest;
+
 pub use limits::Control;
 pub use run::ProcessIo;
 
@@ -144,14 +146,25 @@ impl Runtime {
     }
 
     /// Loads a compiled artifact and links it against WASI. Fails (and the caller then
-    /// recompiles) when the artifact came from another wasmtime build or configuration.
-    pub fn load(&self, kind: ProgramKind, compiled: &std::path::Path) -> Result<Loaded> {
+    /// recompiles) when the artifact came from another wasmtime build or configuration, and
+    /// when a component imports what its manifest does not declare.
+    pub fn load(
+        &self,
+        kind: ProgramKind,
+        compiled: &std::path::Path,
+        manifest: Option<&Manifest>,
+    ) -> Result<Loaded> {
         // SAFETY: the file is an artifact this daemon wrote itself, in its own state dir
         // (not user-writable), from `precompile`; wasmtime checks its engine compatibility.
         let loaded = match kind {
             ProgramKind::Component => {
                 let component = unsafe { Component::deserialize_file(&self.engine, compiled) }
                     .map_err(anyhow::Error::from)?;
+                if let Some(manifest) = manifest {
+                    for (import, _) in component.component_type().imports(&self.engine) {
+                        manifest.check_import(import).map_err(Undeclared)?;
+                    }
+                }
                 let inferlet = inferlet_export(&self.engine, &component);
                 let pre = self
                     .component_linker
@@ -182,6 +195,18 @@ impl Runtime {
         Ok(loaded)
     }
 }
+
+/// A component imports what its manifest does not declare: recompiling will not help.
+#[derive(Debug)]
+pub struct Undeclared(pub String);
+
+impl std::fmt::Display for Undeclared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot link the component: {}", self.0)
+    }
+}
+
+impl std::error::Error for Undeclared {}
 
 /// The inferlet entry point of a component: an exported instance named `pie:<name>/run`
 /// (optionally versioned) holding a function `run`.
