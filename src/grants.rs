@@ -6,6 +6,7 @@ use proto::{ErrorCode, ErrorReply, Grants};
 use crate::config::Config;
 use crate::http::HttpPolicy;
 use crate::mounts::Mount;
+use crate::util::names_or_none;
 
 /// A process' resolved grants.
 #[derive(Debug, Clone, Default)]
@@ -29,14 +30,9 @@ impl ProcessGrants {
         let http = HttpPolicy::resolve(&config.http, &asked.http).map_err(denied)?;
         for name in &asked.mcp {
             if !config.mcp_servers.iter().any(|m| &m.name == name) {
-                let known: Vec<&str> = config.mcp_servers.iter().map(|m| m.name.as_str()).collect();
                 return Err(denied(format!(
                     "no MCP server named {name:?} in the daemon's config (servers: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
+                    names_or_none(config.mcp_servers.iter().map(|m| &m.name))
                 )));
             }
         }

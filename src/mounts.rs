@@ -92,14 +92,9 @@ pub fn resolve(
     let mut out: Vec<Mount> = Vec::new();
     for name in requested {
         let Some(m) = table.iter().find(|m| &m.name == name) else {
-            let names: Vec<&str> = table.iter().map(|m| m.name.as_str()).collect();
             return Err(format!(
                 "no mount named {name:?} in the daemon's config (mounts: {})",
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
+                crate::util::names_or_none(table.iter().map(|m| &m.name))
             ));
         };
         if !m.tenants.iter().any(|t| t == "*" || t == tenant) {

@@ -38,3 +38,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> std::i
     }
     result
 }
+
+/// Names joined with ", " for an error message, or "none": what "(known: …)" lists.
+pub fn names_or_none<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
+    let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_string()).collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}

@@ -103,17 +103,12 @@ impl Host for PieView<'_> {
         server_name: String,
     ) -> wasmtime::Result<Result<Resource<Session>, McpError>> {
         let Some(server) = self.ctx.shared.mcp.get(&server_name) else {
-            let known = self.granted();
             return Ok(Err(err(
                 NOT_FOUND,
                 format!(
                     "no MCP server named {server_name:?} is registered (granted to this \
                      process: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
+                    crate::util::names_or_none(self.granted())
                 ),
             )));
         };

@@ -158,14 +158,9 @@ impl Host for PieView<'_> {}
 impl HostModel for PieView<'_> {
     fn load(&mut self, name: String) -> wasmtime::Result<Result<Resource<Model>, String>> {
         let Some(engine) = self.ctx.shared.models.get(&name) else {
-            let served: Vec<&str> = self.ctx.shared.models.keys().map(|s| s.as_str()).collect();
             return Ok(Err(format!(
                 "no model named {name:?} is served (served: {})",
-                if served.is_empty() {
-                    "none".to_string()
-                } else {
-                    served.join(", ")
-                }
+                crate::util::names_or_none(self.ctx.shared.models.keys())
             )));
         };
         let m = Model {
