@@ -239,7 +239,8 @@ fn handle_table() -> ResourceTable {
 
 fn wasi_builder(io: ProcessIo) -> anyhow::Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
-    // Deny by default: no environment, no network, no filesystem unless granted.
+    // Deny by default: no environment, no sockets, no filesystem but granted preopens.
+    // Outbound HTTP goes through wasi:http and crate::http's policy, never raw sockets.
     b.args(&io.argv)
         .stdin(AsyncStdinStream::new(Box::into_pin(io.stdin)))
         .stdout(LogOutput::new(io.log.clone(), Channel::Stdout))
