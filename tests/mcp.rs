@@ -221,6 +221,22 @@ fn crash_restart_timeout_and_concurrency() {
         t.elapsed().as_secs_f64()
     );
 
+    // `pie-ctl status` shows each supervisor: up after a restart, and why one is down.
+    let out = pied.ctl(&["status", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mcp = status["mcp"].as_array().unwrap();
+    let by_name = |n: &str| mcp.iter().find(|m| m["name"] == n).unwrap().clone();
+    assert_eq!(by_name("testing")["state"], "up", "{status}");
+    assert_eq!(by_name("testing")["connects"], 2, "{status}");
+    let broken = by_name("broken");
+    assert!(
+        broken["state"].as_str().unwrap().starts_with("down: "),
+        "{broken}"
+    );
+    assert_eq!(broken["connects"], 0);
+    let shown = text(&pied.ctl(&["status"]).stdout);
+    assert!(shown.contains("mcp:         testing ("), "{shown}");
+
     // A call past timeout_ms (2 s) fails with a timeout; the connection stays usable.
     let (ok, _, err, secs) = tool(
         &pied,

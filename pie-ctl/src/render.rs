@@ -68,6 +68,16 @@ pub fn status(s: &DaemonStatus, json: bool) -> Result<()> {
     if s.draining {
         println!("state:       draining (shutting down)");
     }
+    for m in &s.mcp {
+        println!(
+            "mcp:         {} ({}): {}, connected {} time{}",
+            m.name,
+            m.target,
+            m.state,
+            m.connects,
+            if m.connects == 1 { "" } else { "s" }
+        );
+    }
     for m in &s.models {
         let name = format!("{}{}", m.name, if m.default { " (default)" } else { "" });
         match &m.error {

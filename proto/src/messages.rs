@@ -329,6 +329,20 @@ pub struct DaemonStatus {
     pub you: Caller,
     /// The models named by pied.toml's `[[model]]` tables and their engines.
     pub models: Vec<ModelStatus>,
+    /// The MCP servers of pied.toml's `[[mcp]]` tables and their supervisors.
+    pub mcp: Vec<McpStatus>,
+}
+
+/// A configured MCP server as its supervisor sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct McpStatus {
+    pub name: String,
+    /// `command …` or the URL.
+    pub target: String,
+    /// "up", "starting", or "down: why (retry in N ms)".
+    pub state: String,
+    /// Connections made so far (1 + restarts once it has come up).
+    pub connects: u64,
 }
 
 /// A configured model: loaded into an engine, or why not.

@@ -275,6 +275,7 @@ fn status(daemon: &Daemon, caller: &Caller) -> DaemonStatus {
         max_limits: config.limits.max_limits(),
         you: caller.to_proto(),
         models: daemon.llm.status(),
+        mcp: daemon.pie.mcp.status(),
     }
 }
 

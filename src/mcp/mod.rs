@@ -87,6 +87,35 @@ impl Mcp {
     pub fn get(&self, name: &str) -> Option<Arc<Server>> {
         self.servers.iter().find(|s| s.config.name == name).cloned()
     }
+
+    /// What `pie-ctl status` shows of each server.
+    pub fn status(&self) -> Vec<proto::McpStatus> {
+        self.servers
+            .iter()
+            .map(|s| proto::McpStatus {
+                name: s.config.name.clone(),
+                target: match (&s.config.command, &s.config.url) {
+                    (Some(cmd), _) => std::iter::once(cmd.as_str())
+                        .chain(s.config.args.iter().map(String::as_str))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    (None, Some(url)) => url.clone(),
+                    (None, None) => String::new(),
+                },
+                state: match &*s.state.borrow() {
+                    State::Starting => "starting".to_string(),
+                    State::Up(_) => "up".to_string(),
+                    State::Down { why, retry_at } => format!(
+                        "down: {why} (retry in {} ms)",
+                        retry_at
+                            .saturating_duration_since(Instant::now())
+                            .as_millis()
+                    ),
+                },
+                connects: s.connects.load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone)]
@@ -105,6 +134,8 @@ pub struct Server {
     pub config: McpConfig,
     state: watch::Sender<State>,
     started: std::sync::Once,
+    /// Successful connections (initialize done) so far: restarts show as growth.
+    connects: std::sync::atomic::AtomicU64,
 }
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
@@ -118,6 +149,7 @@ impl Server {
             config,
             state: watch::Sender::new(State::Starting),
             started: std::sync::Once::new(),
+            connects: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -142,6 +174,8 @@ impl Server {
                 Ok(Ok(running)) => {
                     let up = Instant::now();
                     tracing::info!(mcp = %name, "MCP server connected");
+                    self.connects
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.state.send_replace(State::Up(running.peer().clone()));
                     let reason = running.waiting().await;
                     if up.elapsed() >= STABLE {
