@@ -134,10 +134,15 @@ fn run(cli: Cli) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        let activated =
+            systemd::activated_listener().context("cannot take the socket passed by systemd")?;
+        if activated.is_none() {
+            // Before opening the state dir: a second pied must be told about the first, not
+            // fail on a lock the first holds (the store).
+            refuse_if_served(&socket_path)?;
+        }
         let daemon = Daemon::open(config, config_path, socket_path.clone(), state_dir)?;
-        let (listener, bound) = match systemd::activated_listener()
-            .context("cannot take the socket passed by systemd")?
-        {
+        let (listener, bound) = match activated {
             Some(l) => (UnixListener::from_std(l)?, false),
             None => (bind(&socket_path, socket_mode)?, true),
         };
@@ -202,16 +207,22 @@ fn model_command(config: &Config, cmd: ModelCommand) -> Result<()> {
     Ok(())
 }
 
+/// Fails when a live daemon answers on `path`.
+fn refuse_if_served(path: &Path) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!(
+            "another daemon is already serving {} (stop it or use --socket)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Binds the admin socket. A stale socket file (no daemon behind it) is replaced; a live
 /// one means another pied is running, which is an error.
 fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another daemon is already serving {} (stop it or use --socket)",
-                path.display()
-            );
-        }
+        refuse_if_served(path)?;
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }

@@ -169,8 +169,12 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database; redb recovers an interrupted commit here.
     pub fn open(path: &Path, config: StoreConfig) -> anyhow::Result<Arc<Store>> {
-        let db = Database::create(path)
-            .with_context(|| format!("cannot open the store {}", path.display()))?;
+        let db = Database::create(path).with_context(|| {
+            format!(
+                "cannot open the store {} (is another pied using this state dir?)",
+                path.display()
+            )
+        })?;
         // Create the tables, so read transactions never meet a missing one.
         let tx = db.begin_write()?;
         tx.open_table(KV)?;
