@@ -228,6 +228,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools: a closed pipe (`pie-ctl ps | head -1`) ends pie-ctl quietly
+    // instead of a panic in println!. Rust ignores SIGPIPE by default.
+    // SAFETY: setting a signal disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
