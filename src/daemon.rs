@@ -179,6 +179,7 @@ impl Daemon {
             ));
         }
         let config = self.config();
+        let scratch_quota = config.runtime.scratch_quota_mib << 20;
         let program = self
             .programs
             .resolve(&spec.program, caller.uid, caller.admin)?;
@@ -191,9 +192,8 @@ impl Daemon {
                 ));
             }
             let dir = self.scratch_dir(&caller.tenant)?;
-            let quota = config.runtime.scratch_quota_mib << 20;
-            if quota > 0 {
-                crate::scratch::check_launch(&dir, quota, &caller.tenant)
+            if scratch_quota > 0 {
+                crate::scratch::check_launch(&dir, scratch_quota, &caller.tenant)
                     .map_err(|m| err(ErrorCode::LimitExceeded, m))?;
             }
             Some(dir)
@@ -267,9 +267,8 @@ impl Daemon {
             // Inferlets read session messages (signal, attach's stdin lines) from the start.
             process.session.open_inbox();
         }
-        let quota = config.runtime.scratch_quota_mib << 20;
-        if let (Some(dir), true) = (&scratch, quota > 0) {
-            crate::scratch::watch(dir.clone(), quota, process.clone());
+        if let (Some(dir), true) = (&scratch, scratch_quota > 0) {
+            crate::scratch::watch(dir.clone(), scratch_quota, process.clone());
         }
         let mut argv = vec![program.name.clone()];
         argv.extend(spec.args);
